@@ -1,0 +1,194 @@
+#pragma once
+/// \file moela/backend/cpu/parallel_for.hpp
+/// The thread pool every CPU kernel runs on.
+///
+/// `parallel_for(n, fn)` calls `fn(begin, end)` on disjoint chunks covering `[0, n)`, on the
+/// calling thread and the pool's workers, and returns when all chunks are done. Nested calls
+/// (from inside a chunk) run serially on the calling thread. Exceptions thrown by `fn` are
+/// rethrown on the calling thread (the first one wins).
+///
+/// The thread count is `set_num_threads(n)` if called, else the `MOELA_NUM_THREADS`
+/// environment variable, else `std::thread::hardware_concurrency()`.
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "moela/core/config.hpp"
+#include "moela/core/error.hpp"
+
+namespace moela {
+
+namespace detail {
+
+struct parallel_scope {  // marks the current thread as inside a parallel region (RAII)
+  bool was;
+  parallel_scope();
+  ~parallel_scope();
+};
+
+inline int default_thread_count() {
+  if (const char* env = std::getenv("MOELA_NUM_THREADS")) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && v > 0 && v <= 4096) return static_cast<int>(v);
+  }
+  const unsigned hc = std::thread::hardware_concurrency();
+  return hc ? static_cast<int>(hc) : 1;
+}
+
+class thread_pool {
+ public:
+  explicit thread_pool(int n) { resize(n); }
+  ~thread_pool() { stop(); }
+  thread_pool(const thread_pool&) = delete;
+  thread_pool& operator=(const thread_pool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void resize(int n) {
+    n = std::max(1, n);
+    if (n == size() && !workers_.empty()) return;
+    stop();
+    quit_ = false;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  }
+
+  /// Runs task(worker_index) on every thread of the pool, including the caller (index 0).
+  void run_on_all(const std::function<void(int)>& task) {
+    if (workers_.empty()) {
+      task(0);
+      return;
+    }
+    std::exception_ptr first_error;
+    std::mutex err_mu;
+    const std::function<void(int)> guarded = [&](int idx) {
+      try {
+        task(idx);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(err_mu);
+        if (!first_error) first_error = std::current_exception();
+      }
+    };
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      task_ = &guarded;
+      pending_ = static_cast<int>(workers_.size());
+      ++generation_;
+    }
+    cv_.notify_all();
+    guarded(0);
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      done_cv_.wait(lk, [&] { return pending_ == 0; });
+      task_ = nullptr;
+    }
+    if (first_error) std::rethrow_exception(first_error);
+  }
+
+ private:
+  void worker_loop(int idx) {
+    unsigned long seen = 0;
+    for (;;) {
+      const std::function<void(int)>* t;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return quit_ || generation_ != seen; });
+        if (quit_) return;
+        seen = generation_;
+        t = task_;
+      }
+      (*t)(idx);  // the task marks its own parallel scope
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (--pending_ == 0) done_cv_.notify_one();
+      }
+    }
+  }
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
+ public:
+  static bool& in_parallel() {
+    thread_local bool flag = false;
+    return flag;
+  }
+
+ private:
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int)>* task_ = nullptr;
+  unsigned long generation_ = 0;
+  int pending_ = 0;
+  bool quit_ = false;
+};
+
+inline parallel_scope::parallel_scope() : was(thread_pool::in_parallel()) { thread_pool::in_parallel() = true; }
+inline parallel_scope::~parallel_scope() { thread_pool::in_parallel() = was; }
+
+inline thread_pool& global_pool() {
+  static thread_pool pool(default_thread_count());
+  return pool;
+}
+
+}  // namespace detail
+
+/// Sets the number of threads CPU kernels use (>= 1). Not to be called from inside a kernel.
+inline void set_num_threads(int n) {
+  check(n >= 1, "set_num_threads: thread count must be >= 1, got ", n);
+  check(!detail::thread_pool::in_parallel(), "set_num_threads: called from inside parallel_for");
+  detail::global_pool().resize(n);
+}
+
+/// The number of threads CPU kernels use.
+inline int num_threads() { return detail::global_pool().size(); }
+
+/// Calls `fn(begin, end)` over chunks of `[0, n)`; at most one chunk per thread when
+/// `grain` is 0, else chunks of about `grain` items handed out dynamically (for uneven work,
+/// e.g. experts with different token counts).
+template <class Fn>
+void parallel_for(index_t n, Fn&& fn, index_t grain = 0) {
+  if (n <= 0) return;
+  auto& pool = detail::global_pool();
+  const int nt = pool.size();
+  if (nt == 1 || n == 1 || detail::thread_pool::in_parallel()) {
+    fn(index_t{0}, n);
+    return;
+  }
+  if (grain <= 0) {
+    // Static split: thread t gets [t*n/nt, (t+1)*n/nt).
+    pool.run_on_all([&](int t) {
+      const index_t b = n * t / nt, e = n * (t + 1) / nt;
+      if (b < e) {
+        detail::parallel_scope scope;
+        fn(b, e);
+      }
+    });
+    return;
+  }
+  std::atomic<index_t> next{0};
+  pool.run_on_all([&](int) {
+    detail::parallel_scope scope;
+    for (;;) {
+      const index_t b = next.fetch_add(grain, std::memory_order_relaxed);
+      if (b >= n) break;
+      fn(b, std::min(n, b + grain));
+    }
+  });
+}
+
+}  // namespace moela

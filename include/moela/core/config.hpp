@@ -1,0 +1,28 @@
+#pragma once
+/// \file moela/core/config.hpp
+/// Version and portability macros. Includes nothing heavy, so g++ and nvcc both accept it.
+
+#define MOELA_VERSION_MAJOR 0
+#define MOELA_VERSION_MINOR 1
+#define MOELA_VERSION_PATCH 0
+
+#if defined(__CUDACC__)
+#define MOELA_HOST_DEVICE __host__ __device__
+#else
+#define MOELA_HOST_DEVICE
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MOELA_ALWAYS_INLINE inline __attribute__((always_inline))
+#define MOELA_RESTRICT __restrict__
+#else
+#define MOELA_ALWAYS_INLINE inline
+#define MOELA_RESTRICT
+#endif
+
+namespace moela {
+/// Signed index type used for every shape, stride and loop bound.
+using index_t = long;
+/// Alignment (bytes) of every buffer moela allocates: one cache line, one AVX-512 register.
+inline constexpr index_t storage_alignment = 64;
+}  // namespace moela

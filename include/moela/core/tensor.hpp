@@ -1,0 +1,298 @@
+#pragma once
+/// \file moela/core/tensor.hpp
+/// `tensor_view<T, Rank>`: a non-owning, strided, row-major view of rank 1..4 over any memory
+/// (moela buffers, user arrays, memory-mapped checkpoint files). `tensor<T, Rank>`: an owning,
+/// 64-byte aligned, contiguous buffer that hands out views.
+///
+/// Conventions: shapes and strides are in elements (not bytes), `index_t` (signed); the last
+/// dimension is the contiguous one for tensors moela allocates. `T` may be const-qualified for
+/// read-only views; a `tensor_view<T>` converts implicitly to `tensor_view<const T>`.
+///
+/// Errors: constructing or slicing a view with a negative extent, slicing out of bounds, or
+/// `at()` with an out-of-range index throws `moela::error` naming the operation and shapes.
+/// `operator()` is unchecked (a debug assert), for inner loops.
+
+#include <array>
+#include <cassert>
+#include <cstddef>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <new>
+#include <span>
+#include <string>
+#include <type_traits>
+
+#include "moela/core/config.hpp"
+#include "moela/core/error.hpp"
+
+namespace moela {
+
+template <std::size_t Rank>
+using shape_t = std::array<index_t, Rank>;
+
+/// "[3, 128]": the format every shape appears in within error messages.
+template <std::size_t Rank>
+std::string to_string(const shape_t<Rank>& s) {
+  std::string r = "[";
+  for (std::size_t i = 0; i < Rank; ++i) {
+    if (i) r += ", ";
+    r += std::to_string(s[i]);
+  }
+  return r + "]";
+}
+
+/// Row-major (C-order) strides of a contiguous tensor of the given shape.
+template <std::size_t Rank>
+constexpr shape_t<Rank> contiguous_strides(const shape_t<Rank>& shape) {
+  shape_t<Rank> st{};
+  index_t s = 1;
+  for (std::size_t i = Rank; i-- > 0;) {
+    st[i] = s;
+    s *= shape[i];
+  }
+  return st;
+}
+
+template <class T, std::size_t Rank>
+class tensor_view {
+  static_assert(Rank >= 1 && Rank <= 4, "moela tensors have rank 1..4");
+
+ public:
+  using element_type = T;
+  using value_type = std::remove_cv_t<T>;
+  static constexpr std::size_t rank = Rank;
+
+  constexpr tensor_view() = default;
+
+  /// A contiguous row-major view of `shape` starting at `data`.
+  tensor_view(T* data, const shape_t<Rank>& shape) : tensor_view(data, shape, contiguous_strides(shape)) {}
+
+  /// A view with explicit strides (in elements).
+  tensor_view(T* data, const shape_t<Rank>& shape, const shape_t<Rank>& strides)
+      : data_(data), shape_(shape), strides_(strides) {
+    for (std::size_t d = 0; d < Rank; ++d)
+      check(shape[d] >= 0, "tensor_view: negative extent in shape ", to_string(shape));
+  }
+
+  /// Non-const to const conversion.
+  template <class U>
+    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
+  tensor_view(const tensor_view<U, Rank>& o)  // NOLINT(google-explicit-constructor)
+      : data_(o.data()), shape_(o.shape()), strides_(o.strides()) {}
+
+  T* data() const { return data_; }
+  const shape_t<Rank>& shape() const { return shape_; }
+  const shape_t<Rank>& strides() const { return strides_; }
+  index_t extent(std::size_t d) const { return shape_[d]; }
+  index_t stride(std::size_t d) const { return strides_[d]; }
+  /// Number of elements.
+  index_t size() const {
+    index_t n = 1;
+    for (auto e : shape_) n *= e;
+    return n;
+  }
+  bool empty() const { return size() == 0; }
+  /// True when the elements are packed in row-major order without gaps.
+  bool is_contiguous() const {
+    index_t s = 1;
+    for (std::size_t i = Rank; i-- > 0;) {
+      if (shape_[i] != 1 && strides_[i] != s) return false;
+      s *= shape_[i];
+    }
+    return true;
+  }
+  /// True when the last dimension has unit stride (rows can be streamed).
+  bool rows_contiguous() const { return shape_[Rank - 1] <= 1 || strides_[Rank - 1] == 1; }
+
+  template <class... I>
+    requires(sizeof...(I) == Rank)
+  T& operator()(I... idx) const {
+    const index_t ii[] = {static_cast<index_t>(idx)...};
+    index_t off = 0;
+    for (std::size_t d = 0; d < Rank; ++d) {
+      assert(ii[d] >= 0 && ii[d] < shape_[d]);
+      off += ii[d] * strides_[d];
+    }
+    return data_[off];
+  }
+
+  /// Bounds-checked element access.
+  template <class... I>
+    requires(sizeof...(I) == Rank)
+  T& at(I... idx) const {
+    const index_t ii[] = {static_cast<index_t>(idx)...};
+    index_t off = 0;
+    for (std::size_t d = 0; d < Rank; ++d) {
+      if (ii[d] < 0 || ii[d] >= shape_[d]) {
+        shape_t<Rank> at_idx{};
+        for (std::size_t k = 0; k < Rank; ++k) at_idx[k] = ii[k];
+        fail("tensor_view::at: index ", to_string(at_idx), " is out of bounds for shape ", to_string(shape_));
+      }
+      off += ii[d] * strides_[d];
+    }
+    return data_[off];
+  }
+
+  /// The sub-view `[begin, end)` along dimension `dim` (same rank).
+  tensor_view slice(std::size_t dim, index_t begin, index_t end) const {
+    check(dim < Rank, "tensor_view::slice: dimension ", dim, " of a rank-", Rank, " view");
+    check(0 <= begin && begin <= end && end <= shape_[dim], "tensor_view::slice: range [", begin, ", ", end,
+          ") is out of bounds for dimension ", dim, " of shape ", to_string(shape_));
+    tensor_view v = *this;
+    v.data_ = data_ + begin * strides_[dim];
+    v.shape_[dim] = end - begin;
+    return v;
+  }
+
+  /// Index `i` of the first dimension, dropping it (rank - 1). Checked.
+  auto operator[](index_t i) const
+    requires(Rank > 1)
+  {
+    check(i >= 0 && i < shape_[0], "tensor_view[]: index ", i, " is out of bounds for shape ", to_string(shape_));
+    shape_t<Rank - 1> s{}, st{};
+    for (std::size_t d = 1; d < Rank; ++d) {
+      s[d - 1] = shape_[d];
+      st[d - 1] = strides_[d];
+    }
+    return tensor_view<T, Rank - 1>(data_ + i * strides_[0], s, st);
+  }
+
+  /// A rank-1 view as a std::span (requires unit stride).
+  std::span<T> span() const
+    requires(Rank == 1)
+  {
+    check(shape_[0] <= 1 || strides_[0] == 1, "tensor_view::span: view is strided (stride ", strides_[0], ")");
+    return std::span<T>(data_, static_cast<std::size_t>(shape_[0]));
+  }
+
+  /// The same memory with a new shape; the view must be contiguous and sizes must agree.
+  template <std::size_t R2>
+  tensor_view<T, R2> reshape(const shape_t<R2>& s) const {
+    index_t n = 1;
+    for (auto e : s) n *= e;
+    check(is_contiguous(), "tensor_view::reshape: view of shape ", to_string(shape_), " is not contiguous");
+    check(n == size(), "tensor_view::reshape: cannot view ", to_string(shape_), " as ", to_string(s));
+    return tensor_view<T, R2>(data_, s);
+  }
+
+ private:
+  T* data_ = nullptr;
+  shape_t<Rank> shape_{};
+  shape_t<Rank> strides_{};
+};
+
+template <class T, std::size_t Rank>
+using const_view = tensor_view<const T, Rank>;
+
+/// A rank-1 view over a span (contiguous).
+template <class T>
+tensor_view<T, 1> view_of(std::span<T> s) {
+  return tensor_view<T, 1>(s.data(), {static_cast<index_t>(s.size())});
+}
+
+namespace detail {
+struct aligned_delete {
+  void operator()(void* p) const { ::operator delete(p, std::align_val_t(storage_alignment)); }
+};
+}  // namespace detail
+
+/// An owning, contiguous, row-major, 64-byte aligned tensor. Elements are zero-initialised.
+/// Copying copies the elements; moving is cheap. `T` must be trivially copyable.
+template <class T, std::size_t Rank>
+class tensor {
+  static_assert(std::is_trivially_copyable_v<T>, "moela::tensor holds trivially copyable elements");
+  static_assert(!std::is_const_v<T>);
+
+ public:
+  using element_type = T;
+  static constexpr std::size_t rank = Rank;
+
+  tensor() = default;
+  explicit tensor(const shape_t<Rank>& shape) : shape_(shape) {
+    for (auto e : shape) check(e >= 0, "tensor: negative extent in shape ", to_string(shape));
+    allocate();
+  }
+  tensor(const tensor& o) : shape_(o.shape_) {
+    allocate();
+    if (size()) std::memcpy(data_.get(), o.data_.get(), sizeof(T) * static_cast<std::size_t>(size()));
+  }
+  tensor& operator=(const tensor& o) {
+    if (this != &o) *this = tensor(o);
+    return *this;
+  }
+  tensor(tensor&&) noexcept = default;
+  tensor& operator=(tensor&&) noexcept = default;
+
+  T* data() { return static_cast<T*>(data_.get()); }
+  const T* data() const { return static_cast<const T*>(data_.get()); }
+  const shape_t<Rank>& shape() const { return shape_; }
+  index_t extent(std::size_t d) const { return shape_[d]; }
+  index_t size() const {
+    index_t n = 1;
+    for (auto e : shape_) n *= e;
+    return data_ ? n : 0;
+  }
+  bool empty() const { return size() == 0; }
+  /// Bytes of element storage.
+  std::size_t bytes() const { return sizeof(T) * static_cast<std::size_t>(size()); }
+
+  tensor_view<T, Rank> view() { return tensor_view<T, Rank>(data(), shape_); }
+  tensor_view<const T, Rank> view() const { return tensor_view<const T, Rank>(data(), shape_); }
+  tensor_view<const T, Rank> cview() const { return view(); }
+  operator tensor_view<T, Rank>() { return view(); }                    // NOLINT
+  operator tensor_view<const T, Rank>() const { return view(); }        // NOLINT
+
+  template <class... I>
+    requires(sizeof...(I) == Rank)
+  T& operator()(I... idx) { return view()(idx...); }
+  template <class... I>
+    requires(sizeof...(I) == Rank)
+  const T& operator()(I... idx) const { return view()(idx...); }
+
+  std::span<T> flat() { return {data(), static_cast<std::size_t>(size())}; }
+  std::span<const T> flat() const { return {data(), static_cast<std::size_t>(size())}; }
+
+ private:
+  void allocate() {
+    index_t n = 1;
+    for (auto e : shape_) n *= e;
+    if (n == 0) {
+      data_.reset(::operator new(storage_alignment, std::align_val_t(storage_alignment)));
+      return;
+    }
+    const std::size_t bytes = sizeof(T) * static_cast<std::size_t>(n);
+    const std::size_t padded = (bytes + storage_alignment - 1) / storage_alignment * storage_alignment;
+    data_.reset(::operator new(padded, std::align_val_t(storage_alignment)));
+    std::memset(data_.get(), 0, padded);
+  }
+
+  std::unique_ptr<void, detail::aligned_delete> data_;
+  shape_t<Rank> shape_{};
+};
+
+/// Throws a moela::error naming `op` and both shapes unless `v` has exactly `expected` shape.
+/// An `expected` entry of -1 matches any extent.
+template <class T, std::size_t Rank>
+void check_shape(const char* op, const char* name, const tensor_view<T, Rank>& v, const shape_t<Rank>& expected) {
+  for (std::size_t d = 0; d < Rank; ++d) {
+    if (expected[d] >= 0 && v.extent(d) != expected[d]) {
+      shape_t<Rank> e = expected;
+      std::string es = "[";
+      for (std::size_t k = 0; k < Rank; ++k) {
+        if (k) es += ", ";
+        es += e[k] < 0 ? std::string("*") : std::to_string(e[k]);
+      }
+      fail(op, ": ", name, " has shape ", to_string(v.shape()), " but ", es + "]", " was expected");
+    }
+  }
+}
+
+/// Throws unless every extent of `v` is positive.
+template <class T, std::size_t Rank>
+void check_nonempty(const char* op, const char* name, const tensor_view<T, Rank>& v) {
+  for (std::size_t d = 0; d < Rank; ++d)
+    check(v.extent(d) > 0, op, ": ", name, " has a zero-size dimension (shape ", to_string(v.shape()), ")");
+}
+
+}  // namespace moela
