@@ -1,6 +1,7 @@
 #pragma once
 /// \file moela/moela.hpp
-/// Umbrella header: the whole public API of moela.
+/// Umbrella header: the whole public API of moela (CPU backend). Each area also has its own
+/// umbrella: moela/quant.hpp, moela/attention.hpp, moela/moe.hpp, moela/model.hpp, moela/io.hpp.
 
 #include "moela/core/build_info.hpp"
 #include "moela/core/config.hpp"
@@ -9,5 +10,8 @@
 #include "moela/core/tensor.hpp"
 #include "moela/backend/tags.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
-#include "moela/quant/dense.hpp"
-#include "moela/ops/matmul.hpp"
+#include "moela/quant.hpp"
+#include "moela/attention.hpp"
+#include "moela/moe.hpp"
+#include "moela/io.hpp"
+#include "moela/model.hpp"

@@ -37,8 +37,8 @@ TEST_CASE("tensor_view: slicing keeps strides, bad slices throw moela::error nam
   }
   CHECK_THROWS_AS((void)v.at(4, 0), moela::error);
   CHECK_THROWS_AS((void)v[7], moela::error);
-  CHECK_THROWS_AS((void)v.reshape<2>({5, 5}), moela::error);
-  CHECK_THROWS_AS((void)s.reshape<1>({12}), moela::error);
+  CHECK_THROWS_AS(((void)v.reshape<2>({5, 5})), moela::error);
+  CHECK_THROWS_AS(((void)s.reshape<1>({12})), moela::error);
   CHECK(v.reshape<3>({2, 2, 6})(1, 1, 5) == 23.f);
 }
 

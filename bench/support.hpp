@@ -1,0 +1,93 @@
+#pragma once
+// Shared helpers of moela-bench: the machine's reference figures, measured once per process in
+// the same run as the kernels, so every kernel figure can be reported as a ratio.
+//
+//  - triad_bytes_per_s(): STREAM triad a[i] = b[i] + s*c[i] over 3 x 128 MiB arrays on all
+//    moela threads; bytes counted as STREAM does (3 x 4 bytes per element); best of 5.
+//  - fma_peak_flops(): FP32 FMA throughput of the build's SIMD arch on all moela threads
+//    (independent accumulator chains, 2 FLOP per lane per FMA); best of 5.
+//  - Registered as benchmarks too (`ref/triad`, `ref/fma_peak`), so their values appear in output.
+
+#include <benchmark/benchmark.h>
+
+#include <moela/backend/cpu/parallel_for.hpp>
+#include <moela/core/tensor.hpp>
+
+#include <xsimd/xsimd.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+namespace moela_bench {
+
+inline double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+inline double measure_triad() {
+  const moela::index_t n = moela::index_t{32} << 20;  // 32 Mi floats = 128 MiB per array
+  moela::tensor<float, 1> a({n}), b({n}), c({n});
+  moela::parallel_for(n, [&](moela::index_t i0, moela::index_t i1) {
+    for (moela::index_t i = i0; i < i1; ++i) {
+      b.data()[i] = 1.0f;
+      c.data()[i] = 2.0f;
+    }
+  });
+  double best = 0;
+  for (int rep = 0; rep < 6; ++rep) {
+    const double t0 = now_s();
+    moela::parallel_for(n, [&](moela::index_t i0, moela::index_t i1) {
+      float* MOELA_RESTRICT pa = a.data();
+      const float* MOELA_RESTRICT pb = b.data();
+      const float* MOELA_RESTRICT pc = c.data();
+      for (moela::index_t i = i0; i < i1; ++i) pa[i] = pb[i] + 3.0f * pc[i];
+    });
+    const double dt = now_s() - t0;
+    benchmark::DoNotOptimize(a.data());
+    if (rep > 0) best = std::max(best, 3.0 * 4.0 * double(n) / dt);
+  }
+  return best;
+}
+
+inline double measure_fma_peak() {
+  using batch = xsimd::batch<float>;
+  constexpr int chains = 12;
+  const long iters = 2'000'000;
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const int nt = moela::num_threads();
+    std::vector<float> sink(static_cast<std::size_t>(nt) * 16);
+    const double t0 = now_s();
+    moela::parallel_for(nt, [&](moela::index_t t0_, moela::index_t t1_) {
+      for (moela::index_t t = t0_; t < t1_; ++t) {
+        batch acc[chains];
+        for (int k = 0; k < chains; ++k) acc[k] = batch(1.0f + 0.001f * float(k));
+        const batch m(0.999999f), a(1e-7f);
+        for (long i = 0; i < iters; ++i)
+          for (int k = 0; k < chains; ++k) acc[k] = xsimd::fma(acc[k], m, a);
+        batch s = acc[0];
+        for (int k = 1; k < chains; ++k) s += acc[k];
+        sink[static_cast<std::size_t>(t) * 16] = s.get(0);
+      }
+    }, 1);
+    const double dt = now_s() - t0;
+    benchmark::DoNotOptimize(sink.data());
+    best = std::max(best, double(nt) * iters * chains * batch::size * 2.0 / dt);
+  }
+  return best;
+}
+
+/// STREAM-triad bandwidth in bytes/s of this machine, with the current thread count.
+inline double triad_bytes_per_s() {
+  static const double v = measure_triad();
+  return v;
+}
+
+/// FP32 FMA peak in FLOP/s of this build's SIMD arch, with the current thread count.
+inline double fma_peak_flops() {
+  static const double v = measure_fma_peak();
+  return v;
+}
+
+}  // namespace moela_bench

@@ -1,0 +1,5 @@
+#pragma once
+/// \file moela/io.hpp
+/// Checkpoint and config I/O: safetensors, Hugging Face config.json.
+
+#include "moela/io/safetensors.hpp"
