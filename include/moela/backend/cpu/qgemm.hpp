@@ -145,10 +145,12 @@ const float* decode_segment(const qmatrix<F>& w, index_t n, index_t k0, index_t 
         }
       }
 #endif
-      for (; k < g; ++k) {
-        const int nib = (p[k / 2] >> (4 * (k & 1))) & 0xF;
-        const int q = F::has_zero ? nib - z : (nib >= 8 ? nib - 16 : nib);
-        o[k] = static_cast<float>(q) * s;
+      if constexpr (!use_avx2<Arch>) {  // (the AVX2 loop covers the group: G is a multiple of 8)
+        for (; k < g; ++k) {
+          const int nib = (p[k / 2] >> (4 * (k & 1))) & 0xF;
+          const int q = F::has_zero ? nib - z : (nib >= 8 ? nib - 16 : nib);
+          o[k] = static_cast<float>(q) * s;
+        }
       }
     }
     return out;
