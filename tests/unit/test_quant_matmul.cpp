@@ -57,6 +57,9 @@ index_t odd_k() {
 /// Checks y against the float64 product x · dequant(W)ᵀ. The kernel's only error is fp32
 /// accumulation of K exact-or-rounded products: |err| <= (K + 2) u Σ|x w| (standard bound for
 /// any summation order, u = 2^-24; +2 for the product and the final partial-sum add).
+/// int4: the AVX2 GEMV sums unsigned codes u in [0, 15] and subtracts z * Σx per group
+/// (z = 8 or the zero point, <= 15), so its terms are bounded by s (|u| + z) |x| <= 30 s |x|
+/// instead of |w x|: the bound uses Σ 30 s |x| for those formats.
 template <class F>
 void check_against_f64(const tensor<float, 2>& y, const_view<float, 2> x, const qmatrix<F>& w) {
   const auto wd = w.dequantize();
@@ -67,7 +70,8 @@ void check_against_f64(const tensor<float, 2>& y, const_view<float, 2> x, const 
       double ref = 0, mag = 0;
       for (index_t t = 0; t < k; ++t) {
         ref += double(x(i, t)) * double(wd(j, t));
-        mag += std::fabs(double(x(i, t)) * double(wd(j, t)));
+        mag += F::packed4 ? 30.0 * w.scale_at(j, t) * std::fabs(double(x(i, t)))
+                          : std::fabs(double(x(i, t)) * double(wd(j, t)));
       }
       const double tol = double(k + 2) * u32 * mag + 1e-30;
       if (std::fabs(double(y(i, j)) - ref) > tol && bad++ < 5) {
