@@ -9,7 +9,7 @@
 /// compiled for baseline x86-64) in every binary that includes this header on x86 with
 /// GCC/Clang: a missing feature prints
 ///   `moela: this binary was compiled for AVX512F, which this CPU does not support. ...`
-/// and exits with status 1, instead of dying later with SIGILL.
+/// and exits with status MOELA_ISA_GUARD_EXIT_CODE (default 1), instead of dying later with SIGILL.
 
 #include <string>
 
@@ -83,6 +83,12 @@ inline build_info_t build_info() {
   return b;
 }
 
+#ifndef MOELA_ISA_GUARD_EXIT_CODE
+/// Exit status of a binary stopped by the ISA guard (test binaries built for a wider ISA set
+/// it to their CTest SKIP_RETURN_CODE, e.g. 77, so they report "skipped" instead of failing).
+#define MOELA_ISA_GUARD_EXIT_CODE 1
+#endif
+
 #ifdef MOELA_X86_GUARD
 namespace detail {
 // Compiled for baseline x86-64 whatever -march says, and calls nothing but builtins and
@@ -97,7 +103,7 @@ __attribute__((target("arch=x86-64"))) inline void isa_fail(const char* feature)
   while (feature[n]) ++n;
   put(feature, n);
   put(b, sizeof b - 1);
-  ::_exit(1);
+  ::_exit(MOELA_ISA_GUARD_EXIT_CODE);
 }
 
 /// Returns the first compiled-in feature the CPU lacks, or nullptr.
