@@ -11,8 +11,8 @@
 ///    ±max (what DeepSeek's quantization kernels do: `cvt.rn.satfinite`, Triton, TileLang);
 ///    ±inf saturates too; NaN stays NaN.
 ///  - `overflow::ieee`: the IEEE rule. A value that rounds above max becomes ±inf, or NaN for
-///    formats without infinities (E4M3FN: |x| > 464 gives NaN while 464 itself, a tie, rounds to the even 448: exactly PyTorch's
-///    `.to(torch.float8_e4m3fn)`); NaN stays NaN.
+///    formats without infinities (E4M3FN: |x| > 464 gives NaN, while 464 itself, a tie,
+///    rounds to the even 448: exactly PyTorch's `.to(torch.float8_e4m3fn)`); NaN stays NaN.
 
 #include <bit>
 #include <cstdint>
