@@ -84,8 +84,13 @@ inline std::vector<float> rope_inv_freq(const rope_config& c) {
     const float ramp = std::clamp((static_cast<float>(i) - static_cast<float>(low)) /
                                       (static_cast<float>(high) - static_cast<float>(low)),
                                   0.0f, 1.0f);
-    const float s = static_cast<float>(c.factor);
-    f[static_cast<std::size_t>(i)] = (th / s) * ramp + th * (1.0f - ramp);
+    // As REF-V3 writes it: smooth = 1 - ramp, then (th / s) * (1 - smooth) + th * smooth, every
+    // step rounded to FP32 (volatile keeps the compiler from contracting the products into an
+    // FMA, which would move some frequencies by one ulp).
+    const float s = static_cast<float>(c.factor), smooth = 1.0f - ramp;
+    const volatile float interp = (th / s) * (1.0f - smooth);
+    const volatile float extrap = th * smooth;
+    f[static_cast<std::size_t>(i)] = interp + extrap;
   }
   return f;
 }
