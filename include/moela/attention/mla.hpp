@@ -193,11 +193,27 @@ class mla {
           write_record(cache, layer, c.seq, cache.length(c.seq) + i, lat.data() + t * W, lat.data() + t * W + cfg_.kv_rank);
     }
     auto o = detail::ws(o_, T, H * cfg_.v_dim);
+    attention(cache, layer, chunks, q, o, mode);
+    matmul(out, const_view<float, 2>(o), w_.o_proj);
+  }
+
+  /// The attention proper, between the projections: queries `q [T, H*(nope+rope)]` (RoPE
+  /// applied, as `project_q` writes them) attend over the prepared cache (the new records
+  /// already written) and give the per-head outputs `o [T, H*v]` (heads concatenated, the
+  /// input of `o_proj`).
+  template <kv_cache Cache>
+  void attention(const Cache& cache, index_t layer, std::span<const seq_chunk> chunks, tensor_view<float, 2> q,
+                 tensor_view<float, 2> o, mla_mode mode = mla_mode::absorbed) {
+    const index_t T = q.extent(0);
+    check_step(cache, layer, chunks, T);
+    check(q.extent(1) == cfg_.q_width() && q.is_contiguous(), "mla::attention: q is ", to_string(q.shape()),
+          ", expected contiguous [", T, ", ", cfg_.q_width(), "]");
+    check(o.extent(0) == T && o.extent(1) == cfg_.heads * cfg_.v_dim && o.is_contiguous(), "mla::attention: o is ",
+          to_string(o.shape()), ", expected contiguous [", T, ", ", cfg_.heads * cfg_.v_dim, "]");
     if (mode == mla_mode::absorbed)
       attend_absorbed(cache, layer, chunks, q, o);
     else
       attend_naive(cache, layer, chunks, q, o);
-    matmul(out, const_view<float, 2>(o), w_.o_proj);
   }
 
   /// Queries with RoPE applied: `q [T, H*(nope+rope)]`, per head `[q_nope | q_pe]`.

@@ -154,6 +154,19 @@ class rope_table {
     }
   }
 
+  /// NeoX / Llama "rotate half" pairing `(u[i], u[i + dim/2])`, same angles (for standard
+  /// attention models; DeepSeek MLA never uses it).
+  void rotate_half(float* u, index_t p) const {
+    const float* c = cos_row(p);
+    const float* s = sin_row(p);
+    const index_t half = cfg_.dim / 2;
+    for (index_t i = 0; i < half; ++i) {
+      const float a = u[i], b = u[i + half];
+      u[i] = a * c[i] - b * s[i];
+      u[i + half] = a * s[i] + b * c[i];
+    }
+  }
+
   /// Checked rotation of a rank-1 view of width dim() at position p.
   void apply(tensor_view<float, 1> u, index_t p) const {
     check(u.extent(0) == cfg_.dim, "rope_table::apply: vector has ", u.extent(0), " elements, rope dim is ", cfg_.dim);
