@@ -10,7 +10,8 @@
 //  moe_router/T<tokens>     the gate alone (FP32 logits GEMM + selection): counter tokens_per_s,
 //    and layer_share = router time / bf16 layer time at the same T.
 //
-// One layer (about 1.1 GB in a 2-byte format) is built per format and kept only while that
+// Formats: bf16, fp8 (fp8_block<128,128>, DeepSeek's), int8 (int8_rowwise).
+// One layer (about 1.1 GB in bf16) is built per format and kept only while that
 // format's benchmarks run.
 #include "support.hpp"
 
@@ -195,7 +196,8 @@ const bool registered = [] {
     benchmark::RegisterBenchmark(("moe_router/T" + std::to_string(T)).c_str(),
                                  [T](benchmark::State& st) { bm_router(st, T); })
         ->Unit(benchmark::kMicrosecond);
-  register_format<quant::fp16>("fp16");
+  register_format<quant::fp8_block<128, 128>>("fp8");
+  register_format<quant::int8_rowwise<>>("int8");
   return true;
 }();
 
