@@ -35,12 +35,12 @@ inline constexpr float amax_floor = 1e-4f;
 
 /// Exact value of an E4M3FN code.
 MOELA_HOST_DEVICE constexpr float decode_e4m3(std::uint8_t code) {
-  return detail::decode<fp8_e4m3::format>(code);
+  return ::moela::detail::decode<fp8_e4m3::format>(code);
 }
 
 /// float -> E4M3FN code, round-to-nearest-even, saturating to ±448 (NaN stays NaN).
 MOELA_HOST_DEVICE constexpr std::uint8_t encode_e4m3(float x) {
-  return detail::encode<fp8_e4m3::format>(x, overflow::saturate);
+  return ::moela::detail::encode<fp8_e4m3::format>(x, overflow::saturate);
 }
 
 /// Exact value of a bf16 code.
@@ -50,7 +50,7 @@ MOELA_HOST_DEVICE constexpr float decode_bf16(std::uint16_t code) {
 
 /// float -> bf16 code, RNE (NaN preserved).
 MOELA_HOST_DEVICE constexpr std::uint16_t encode_bf16(float x) {
-  return detail::encode<moela::bf16::format>(x, overflow::ieee);
+  return ::moela::detail::encode<moela::bf16::format>(x, overflow::ieee);
 }
 
 /// `ACT_V3` activation-group scale: `max(amax, 1e-4) / 448` (an fp32 division).
