@@ -71,6 +71,8 @@ __global__ void fill_kernel(T* p, index_t n, unsigned seed, int mode) {
     p[i].bits = gpu::tiles::encode_bf16(u * 0.1f);
   } else if constexpr (std::is_same_v<T, std::int8_t>) {
     p[i] = static_cast<std::int8_t>(static_cast<int>(u * 250.0f));
+  } else if constexpr (std::is_same_v<T, std::uint8_t>) {
+    p[i] = static_cast<std::uint8_t>(h >> 8);
   } else {
     p[i].bits = static_cast<std::uint8_t>(h >> 8);
   }

@@ -20,14 +20,23 @@
 /// `acc + (P · a_s) · b_s`. INT8/INT4 groups promote per group of G with the weight scale
 /// alone; BF16 accumulates directly. Output is FP32.
 ///
-/// Kernel: CUDA-core tiles (64x64 outputs per 256-thread block, 32-deep K slices, 4x4 outputs
-/// per thread), the same code for sm_80 and sm_90; the per-element arithmetic is the tested
-/// `tiles/quant.hpp`. Tensor-core (mma.sync / wgmma) paths are not written yet (docs/cuda.md).
+/// Kernels:
+///  - FP8 on sm_89+ (tag `cuda<SM>` with SM >= 89 and a device of compute capability >= 8.9):
+///    FP8 tensor cores through `mma.sync.m16n8k32.e4m3` (64x64 outputs per 4-warp block, one
+///    128-deep K group per shared-memory stage, the 128-long partial promoted to the fp32
+///    accumulator with both scales after each group). Needs K and the activation row stride to
+///    be multiples of 16 bytes; otherwise, or with `gpu::set_tensor_cores(false)`, the
+///    CUDA-core kernel runs.
+///  - Everything else: CUDA-core tiles (64x64 outputs per 256-thread block, 32-deep K slices,
+///    4x4 outputs per thread, fp32 FMA), the same code for sm_80 and sm_90.
+/// The per-element arithmetic is the tested `tiles/quant.hpp` and `tiles/mma.hpp`. Not written
+/// yet: wgmma/TMA pipelines (sm_90a), bf16/int8 tensor-core paths (docs/cuda.md).
 
 #include <cstdint>
 #include <type_traits>
 
 #include "moela/backend/cuda/kernels/common.cuh"
+#include "moela/backend/cuda/tiles/mma.hpp"
 #include "moela/backend/cuda/tiles/quant.hpp"
 #include "moela/core/minifloat.hpp"
 
@@ -65,6 +74,14 @@ struct bf16_dense {
   static constexpr int codes_per_k = 1;
   static constexpr const char* name = "bf16";
 };
+
+/// Whether FP8 GEMMs may use tensor cores where the architecture has them (default true).
+/// Turning it off selects the CUDA-core kernel (tests compare the two).
+inline bool& tensor_cores_enabled() {
+  static bool on = true;
+  return on;
+}
+inline void set_tensor_cores(bool on) { tensor_cores_enabled() = on; }
 
 template <class F>
 concept weight_format = std::is_same_v<F, fp8_block> || std::is_same_v<F, bf16_dense> ||
@@ -307,10 +324,133 @@ __global__ void act_quant_kernel(std::uint8_t* q, float* qs, const float* x, ind
   if (lane == 0) qs[m * ldqs + g] = s;
 }
 
+
+inline constexpr int mma_bm = 64, mma_bn = 64, mma_threads = 128, mma_row_bytes = tiles::fp8_block + 16;
+
+/// D += A · B for one m16n8k32 FP8 tile (sm_89+).
+__device__ inline void mma_e4m3(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  (void)d;
+  (void)a;
+  (void)b;
+  __trap();  // never launched below sm_89: the launcher checks the device
+#endif
+}
+
+/// FP8 block-scaled GEMM on FP8 tensor cores; 4 warps, each 32x32 outputs (2 x 4 MMA tiles).
+template <int SM>
+__global__ void __launch_bounds__(mma_threads) gemm_fp8_mma_kernel(gemm_params p) {
+  __shared__ __align__(16) std::uint8_t as[mma_bm][mma_row_bytes];
+  __shared__ __align__(16) std::uint8_t bs[mma_bn][mma_row_bytes];
+  int e = 0, m0 = 0, m_end = p.M;
+  if (p.tile_expert) {
+    e = p.tile_expert[blockIdx.y];
+    if (e < 0) return;
+    m0 = p.tile_row[blockIdx.y];
+    m_end = p.row_offsets[e + 1];
+  } else {
+    m0 = blockIdx.y * mma_bm;
+  }
+  const int n0 = blockIdx.x * mma_bn;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const auto* A = static_cast<const std::uint8_t*>(p.a);
+  const auto* W = static_cast<const std::uint8_t*>(p.w) + e * p.w_expert_stride;
+  const float* ws = p.ws + e * p.ws_expert_stride + (n0 / tiles::fp8_block) * p.ws_row_stride;
+  float acc[2][4][4] = {};
+  const int groups = tiles::blocks_of(p.K);
+  for (int g = 0; g < groups; ++g) {
+    const int k0 = g * tiles::fp8_block;
+    __syncthreads();
+    for (int i = tid; i < mma_bm * (tiles::fp8_block / 16); i += mma_threads) {
+      const int r = i / (tiles::fp8_block / 16), c = (i % (tiles::fp8_block / 16)) * 16, k = k0 + c;
+      uint4 va = make_uint4(0, 0, 0, 0), vb = make_uint4(0, 0, 0, 0);
+      if (m0 + r < m_end && k < p.K) va = *reinterpret_cast<const uint4*>(A + (m0 + r) * p.lda + k);
+      if (n0 + r < p.N && k < p.K) vb = *reinterpret_cast<const uint4*>(W + static_cast<index_t>(n0 + r) * p.K + k);
+      *reinterpret_cast<uint4*>(&as[r][c]) = va;
+      *reinterpret_cast<uint4*>(&bs[r][c]) = vb;
+    }
+    __syncthreads();
+    float part[2][4][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < tiles::fp8_block; ks += 32) {
+      unsigned af[2][4], bf[4][2];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const auto c = tiles::mma_a_coord(lane, r, 0);
+          af[mi][r] = *reinterpret_cast<const unsigned*>(&as[wm + mi * 16 + c.row][ks + c.col]);
+        }
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const auto c = tiles::mma_b_coord(lane, r, 0);
+          bf[ni][r] = *reinterpret_cast<const unsigned*>(&bs[wn + ni * 8 + c.col][ks + c.row]);
+        }
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) mma_e4m3(part[mi][ni], af[mi], bf[ni]);
+    }
+    const float sb = ws[g];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const int m = m0 + wm + mi * 16 + tiles::mma_c_coord(lane, v).row;
+        const float sa = m < m_end ? p.a_scale[m * p.ldas + g] : 0.0f;
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) acc[mi][ni][v] = tiles::promote(acc[mi][ni][v], part[mi][ni][v], sa, sb);
+      }
+  }
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const auto c = tiles::mma_c_coord(lane, v);
+        const int m = m0 + wm + mi * 16 + c.row, n = n0 + wn + ni * 8 + c.col;
+        if (m < m_end && n < p.N) p.y[m * p.ldy + n] = acc[mi][ni][v];
+      }
+}
+
+/// Whether the FP8 tensor-core kernel can run these operands on the current device.
+template <int SM>
+bool use_fp8_mma(const gemm_params& p) {
+  if constexpr (SM < 89) {
+    return false;
+  } else {
+    if (!tensor_cores_enabled()) return false;
+    int dev = 0, major = 0, minor = 0;
+    MOELA_CUDA_CHECK(cudaGetDevice(&dev), "matmul");
+    MOELA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "matmul");
+    MOELA_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "matmul");
+    auto aligned = [](const void* q) { return reinterpret_cast<std::uintptr_t>(q) % 16 == 0; };
+    return major * 10 + minor >= 89 && p.K % 16 == 0 && p.lda % 16 == 0 && p.w_expert_stride % 16 == 0 &&
+           aligned(p.a) && aligned(p.w);
+  }
+}
+
 template <int SM, class F, bool FP8A>
 void launch_gemm(const gemm_params& p, unsigned row_tiles, const stream& s) {
+  static_assert(gemm_bm == mma_bm && gemm_bn == mma_bn, "the two FP8 kernels share the row-tile list");
   const dim3 grid(static_cast<unsigned>((p.N + gemm_bn - 1) / gemm_bn), row_tiles);
   if (grid.x == 0 || grid.y == 0) return;
+  if constexpr (FP8A) {
+    if (use_fp8_mma<SM>(p)) {
+      gemm_fp8_mma_kernel<SM><<<grid, mma_threads, 0, s.get()>>>(p);
+      return;
+    }
+  }
   gemm_kernel<SM, F, FP8A><<<grid, gemm_threads, 0, s.get()>>>(p);
 }
 
