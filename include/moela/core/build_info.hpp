@@ -9,13 +9,20 @@
 /// compiled for baseline x86-64) in every binary that includes this header on x86 with
 /// GCC/Clang: a missing feature prints
 ///   `moela: this binary was compiled for AVX512F, which this CPU does not support. ...`
-/// and exits with status MOELA_ISA_GUARD_EXIT_CODE (default 1), instead of dying later with SIGILL.
+/// and exits with status MOELA_ISA_GUARD_EXIT_CODE (1 unless defined before the first include),
+/// instead of dying later with SIGILL.
 
 #include <string>
 
 #include <xsimd/xsimd.hpp>
 
 #include "moela/core/config.hpp"
+
+/// Exit status of a binary stopped by the ISA guard. Define it (the same in every translation
+/// unit) before including moela to pick another, e.g. 77 so that CTest reports a skip.
+#ifndef MOELA_ISA_GUARD_EXIT_CODE
+#define MOELA_ISA_GUARD_EXIT_CODE 1
+#endif
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define MOELA_X86_GUARD 1
@@ -82,12 +89,6 @@ inline build_info_t build_info() {
 #endif
   return b;
 }
-
-#ifndef MOELA_ISA_GUARD_EXIT_CODE
-/// Exit status of a binary stopped by the ISA guard (test binaries built for a wider ISA set
-/// it to their CTest SKIP_RETURN_CODE, e.g. 77, so they report "skipped" instead of failing).
-#define MOELA_ISA_GUARD_EXIT_CODE 1
-#endif
 
 #ifdef MOELA_X86_GUARD
 namespace detail {
