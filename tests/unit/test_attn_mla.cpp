@@ -216,6 +216,10 @@ TEST_CASE("mla: construction and call errors name the problem") {
   bad.o_proj = qmatrix<quant::f32>::quantize(tensor<float, 2>({f.cfg.hidden, 3}).cview());
   CHECK_THROWS_WITH_AS(layer_f32(f.cfg, bad), doctest::Contains("o_proj"), moela::error);
   layer_f32 layer(f.cfg, w);
+  {
+    layer_f32 twin(f.cfg, w);  // same RoPE config: one shared table
+    CHECK(&twin.rope() == &layer.rope());
+  }
   attn::paged_cache<attn::cache_f32> c(attn::mla_cache_layout(f.cfg), 2);
   const index_t s = c.add_sequence();
   tensor<float, 2> out({4, f.cfg.hidden});
