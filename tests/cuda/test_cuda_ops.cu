@@ -88,7 +88,7 @@ TEST_CASE("cuda: rmsnorm, softmax, swiglu and rope against float64") {
     double ss = 0;
     for (index_t j = 0; j < n; ++j) ss += double(x(r, j)) * x(r, j);
     const double f = 1.0 / std::sqrt(ss / n + 1e-6);
-    for (index_t j = 0; j < n; ++j) want[r * n + j] = double(w(0, j)) * x(r, j) * f;
+    for (index_t j = 0; j < n; ++j) want[r * n + j] = double(x(r, j)) * f * w(0, j);
   }
   // fp32 sum of 1000 squares (tree order) and two products: relative 1e-5 of the row scale.
   CHECK(max_err(y, want) <= 1e-5 * 4);
@@ -204,7 +204,7 @@ TEST_CASE("cuda: FP8 block-scaled matmul with 1x128 activation groups against fl
   for (bool tc : {false, true}) {
     CAPTURE(tc);
     gpu::set_tensor_cores(tc);
-    matmul(tag{}, dy.view(), cv(dx), w.view());
+    matmul(tag{}, dy.view(), cv(dx), w.view(), quant::mode::faithful{});
     auto y = gpu::to_host(cv(dy));
     // CUDA cores: fp32 partials of <= 128 products and 3 promotions: <= 140 * 2^-24 * Σ|terms|.
     // Tensor cores: the products are exact but the FP8 MMA accumulates with reduced precision
@@ -216,6 +216,51 @@ TEST_CASE("cuda: FP8 block-scaled matmul with 1x128 activation groups against fl
     CHECK(bad == 0);
   }
   gpu::set_tensor_cores(true);
+
+  // Fast mode: fp32 activations times the decoded weights, per-group weight scale.
+  matmul(tag{}, dy.view(), cv(dx), w.view());
+  auto yf = gpu::to_host(cv(dy));
+  int bad = 0;
+  for (index_t m = 0; m < M; ++m)
+    for (index_t n = 0; n < N; ++n) {
+      double acc = 0, a = 0;
+      for (index_t k = 0; k < K; ++k) {
+        const double t = double(x(m, k)) * double(float(wq.codes(n, k))) * wq.scales(n / 128, k / 128);
+        acc += t;
+        a += std::fabs(t);
+      }
+      bad += std::fabs(yf(m, n) - acc) > 140 * std::ldexp(1.0, -24) * a + 1e-30;  // as above, fp32 FMAs
+    }
+  CHECK(bad == 0);
+}
+
+TEST_CASE("cuda: weights uploaded from the CPU backend's qmatrix give the CPU's dequantized product") {
+  const index_t M = 9, N = 130, K = 256;
+  auto x = random2(M, K, 50);
+  auto wf = random2(N, K, 51, 0.1f);
+  auto dx = gpu::to_device(x);
+  gpu::device_tensor<float, 2> dy({M, N});
+  auto run = [&](const auto& q) {
+    auto w = gpu::upload(q);
+    matmul(tag{}, dy.view(), cv(dx), w.view());
+    auto y = gpu::to_host(cv(dy));
+    const auto wd = q.dequantize();  // the CPU backend's exact dequantized weights
+    int bad = 0;
+    for (index_t m = 0; m < M; ++m)
+      for (index_t n = 0; n < N; ++n) {
+        double acc = 0, a = 0;
+        for (index_t k = 0; k < K; ++k) {
+          acc += double(x(m, k)) * wd(n, k);
+          a += std::fabs(double(x(m, k)) * wd(n, k));
+        }
+        bad += std::fabs(y(m, n) - acc) > 300 * std::ldexp(1.0, -24) * a + 1e-30;  // fp32 FMA chains
+      }
+    CHECK(bad == 0);
+  };
+  run(qmatrix<quant::fp8_block<128, 128>>::quantize(wf.cview()));
+  run(qmatrix<quant::int8_group<64>>::quantize(wf.cview()));
+  run(qmatrix<quant::int4_group<32>>::quantize(wf.cview()));
+  run(qmatrix<quant::bf16>::quantize(wf.cview()));
 }
 
 TEST_CASE("cuda: grouped FP8 expert GEMM equals per-expert matmul row for row") {
@@ -242,7 +287,7 @@ TEST_CASE("cuda: grouped FP8 expert GEMM equals per-expert matmul row for row") 
   plan_dispatch(tag{}, plan, cv(dids));
   gpu::device_tensor<float, 2> xs({T * k, D}), ys({T * k, N});
   dispatch(tag{}, xs.view(), cv(dx), plan);
-  grouped_matmul(tag{}, ys.view(), cv(xs), w.view(), plan);
+  grouped_matmul(tag{}, ys.view(), cv(xs), w.view(), plan, quant::mode::faithful{});
   auto hys = gpu::to_host(cv(ys));
   tensor<int, 2> slot({T, k});
   gpu::copy(slot.view(), device_view<const int, 2>(plan.slot.view()).slice(0, 0, T));
@@ -250,7 +295,7 @@ TEST_CASE("cuda: grouped FP8 expert GEMM equals per-expert matmul row for row") 
   for (int e = 0; e < E; ++e) {
     auto we = gpu::upload_fp8_block<2>(per[e].codes.cview(), per[e].scales.cview());
     gpu::device_tensor<float, 2> ye({T, N});
-    matmul(tag{}, ye.view(), cv(dx), we.view());
+    matmul(tag{}, ye.view(), cv(dx), we.view(), quant::mode::faithful{});
     auto hy = gpu::to_host(cv(ye));
     int mismatches = 0;
     for (index_t t = 0; t < T; ++t)
@@ -383,7 +428,7 @@ TEST_CASE("cuda: MoE dispatch, grouped expert SwiGLU and combine against float64
   gpu::caching_allocator pool;
   gpu::moe_plan plan(E, k, T, pool);
   moe_experts(tag{}, dy.view(), cv(dx), cv(dids), cv(dw), d1.view(), d3.view(), d2.view(), plan,
-              gpu::default_stream(), pool);
+              quant::mode::fast{}, gpu::default_stream(), pool);
   auto y = gpu::to_host(cv(dy));
   std::vector<double> want(T * D, 0.0);
   double scale = 0;
@@ -546,7 +591,7 @@ TEST_CASE("cuda: bad shapes throw moela::error naming the op") {
   gpu::device_tensor<float, 2> a({4, 8}), b({4, 9});
   gpu::device_tensor<float, 1> w({8});
   try {
-    rmsnorm(tag{}, b.view(), cv(a), cv(w));
+    rmsnorm(tag{}, b.view(), cv(a), cv(w), 1e-6f);
     FAIL("no error");
   } catch (const moela::error& e) {
     CHECK(std::string(e.what()).find("rmsnorm") != std::string::npos);
