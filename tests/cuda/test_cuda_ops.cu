@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "moela/backend/cuda.cuh"
+#include "moela/moela.hpp"
 
 using namespace moela;
 using gpu::device_view;
@@ -596,6 +597,109 @@ TEST_CASE("cuda: bad shapes throw moela::error naming the op") {
   } catch (const moela::error& e) {
     CHECK(std::string(e.what()).find("rmsnorm") != std::string::npos);
     CHECK(std::string(e.what()).find("[4, 8]") != std::string::npos);
+  }
+}
+
+TEST_CASE("cuda: ops agree with the CPU backend on the same inputs") {
+  // rmsnorm, softmax, swiglu: same formulas in fp32, different summation orders: the outputs
+  // agree to a few fp32 ulp of the row's scale.
+  const index_t R = 6, n = 777;
+  auto x = random2(R, n, 60);
+  auto w1 = random2(1, n, 61);
+  tensor<float, 1> w({n});
+  for (index_t j = 0; j < n; ++j) w(j) = w1(0, j);
+  auto dx = gpu::to_device(x);
+  auto dw = gpu::to_device(w);
+  gpu::device_tensor<float, 2> dy({R, n});
+  tensor<float, 2> cpu_y({R, n});
+  auto close = [](const tensor<float, 2>& a, const tensor<float, 2>& b, double tol) {
+    double e = 0;
+    for (index_t i = 0; i < a.size(); ++i) e = std::max(e, std::fabs(double(a.flat()[i]) - b.flat()[i]));
+    return e <= tol;
+  };
+  rmsnorm(tag{}, dy.view(), cv(dx), cv(dw), 1e-6f);
+  moela::rmsnorm(cpu_y.view(), x.cview(), w.cview(), 1e-6f);
+  CHECK(close(gpu::to_host(cv(dy)), cpu_y, 4e-5));
+
+  rmsnorm(tag{}, dx.view(), cv(dw), 1e-6f);  // in place
+  CHECK(close(gpu::to_host(cv(dx)), cpu_y, 4e-5));
+
+  dx = gpu::to_device(x);
+  softmax(tag{}, dx.view());
+  tensor<float, 2> sm = x;
+  moela::softmax(sm.view());
+  CHECK(close(gpu::to_host(cv(dx)), sm, 1e-6));
+
+  auto g = random2(R, n, 62);
+  auto dg = gpu::to_device(g);
+  dx = gpu::to_device(x);
+  swiglu(tag{}, dy.view(), cv(dx), cv(dg));
+  swiglu(cpu<>{}, cpu_y.view(), x.cview(), g.cview());
+  CHECK(close(gpu::to_host(cv(dy)), cpu_y, 1e-5));
+
+  // matmul, fast and faithful, on CPU-backend weights.
+  const index_t M = 12, N = 160, K = 384;
+  auto xm = random2(M, K, 63);
+  auto wm = random2(N, K, 64, 0.05f);
+  auto q = qmatrix<quant::fp8_block<128, 128>>::quantize(wm.cview());
+  auto dq = gpu::upload(q);
+  auto dxm = gpu::to_device(xm);
+  gpu::device_tensor<float, 2> dym({M, N});
+  tensor<float, 2> cy({M, N});
+  double scale = 0;
+  moela::matmul(cy.view(), xm.cview(), q);
+  for (float v : cy.flat()) scale = std::max(scale, double(std::fabs(v)));
+  matmul(tag{}, dym.view(), cv(dxm), dq.view());
+  CHECK(close(gpu::to_host(cv(dym)), cy, 1e-5 * scale));
+  moela::matmul(cy.view(), xm.cview(), q, quant::mode::faithful{});
+  for (bool tc : {false, true}) {
+    gpu::set_tensor_cores(tc);
+    matmul(tag{}, dym.view(), cv(dxm), dq.view(), quant::mode::faithful{});
+    // Same activation codes and scales on both sides; the tensor-core partials carry the FP8
+    // MMA's accumulation precision (see the FP8 test): 2^-10 of the output scale.
+    CHECK(close(gpu::to_host(cv(dym)), cy, (tc ? std::ldexp(1.0, -10) : 1e-5) * scale));
+  }
+  gpu::set_tensor_cores(true);
+
+  // The router against moe::select_experts, V3 (sigmoid, noaux_tc) and V2 (softmax, max groups).
+  for (int variant = 0; variant < 2; ++variant) {
+    CAPTURE(variant);
+    moe::moe_config c;
+    c.hidden_size = 64;
+    c.n_routed_experts = variant == 0 ? 256 : 160;
+    c.num_experts_per_tok = variant == 0 ? 8 : 6;
+    c.n_group = 8;
+    c.topk_group = variant == 0 ? 4 : 3;
+    c.scoring_func = variant == 0 ? moe::score_fn::sigmoid : moe::score_fn::softmax;
+    c.topk_method = variant == 0 ? moe::topk_rule::noaux_tc : moe::topk_rule::group_limited_greedy;
+    c.norm_topk_prob = variant == 0;
+    c.routed_scaling_factor = variant == 0 ? 2.5f : 16.f;
+    const index_t T = 200, E = c.n_routed_experts, k = c.num_experts_per_tok;
+    auto logits = random2(T, E, 65 + variant, 2.f);
+    tensor<float, 1> bias({variant == 0 ? E : 0});
+    std::mt19937 rng(67);
+    std::uniform_real_distribution<float> ub(0.f, 0.25f);
+    for (auto& b : bias.flat()) b = ub(rng);
+    moe::routing r;
+    moe::with_policies(c, [&](auto scoring, auto group) {
+      moe::select_experts<decltype(scoring), decltype(group)>(c, logits.cview(), bias.flat(), r);
+    });
+    auto dl = gpu::to_device(logits);
+    auto db = gpu::to_device(bias);
+    gpu::device_tensor<int, 2> ids({T, k});
+    gpu::device_tensor<float, 2> wt({T, k});
+    route(tag{}, ids.view(), wt.view(), cv(dl), cv(db), gpu::router_params_of(c));
+    auto hid = gpu::to_host(cv(ids));
+    auto hw = gpu::to_host(cv(wt));
+    int same = 0;
+    for (index_t t = 0; t < T; ++t) {
+      bool eq = true;
+      for (index_t j = 0; j < k; ++j) eq = eq && hid(t, j) == r.topk_idx(t, j);
+      same += eq;
+      if (eq)
+        for (index_t j = 0; j < k; ++j) CHECK(std::fabs(hw(t, j) - r.topk_weight(t, j)) <= 1e-5f * std::fabs(r.topk_weight(t, j)));
+    }
+    CHECK(same >= T - 2);  // exp differs by an ulp between the two: only near-ties may differ
   }
 }
 

@@ -4,7 +4,7 @@
 /// SwiGLU GEMMs, and combine, as overloads on the `moela::cuda<SM>` backend tag.
 ///
 ///  - `route(cuda, ids[T, k], weights[T, k], logits[T, E], bias[E] or empty, params)`: spec
-///    §6.2 in fp32 (tiles/routing.hpp, one thread per token; the exact function the host tests
+///    §6.2 in fp32 (`gpu::router_params_of(moe_config)` gives the params of a CPU config) (tiles/routing.hpp, one thread per token; the exact function the host tests
 ///    check). Bias selects only; weights come from the unbiased scores.
 ///  - `moe_plan`: device buffers describing one dispatch: `offsets[E + 1]` (rows of expert e
 ///    are `[offsets[e], offsets[e+1])` of the sorted buffer), `slot[T, k]` (the sorted row of
@@ -27,8 +27,29 @@
 #include "moela/backend/cuda/kernels/elementwise.cuh"
 #include "moela/backend/cuda/kernels/matmul.cuh"
 #include "moela/backend/cuda/tiles/routing.hpp"
+#include "moela/moe/config.hpp"
 
 namespace moela::gpu {
+
+/// The router parameters of a CPU-backend `moe::moe_config` (validated): `greedy` becomes one
+/// group, `group_limited_greedy` the max group score, `noaux_tc` the top-2-sum group score.
+inline tiles::router_params router_params_of(const moe::moe_config& c) {
+  c.validate();
+  tiles::router_params p;
+  p.experts = static_cast<int>(c.n_routed_experts);
+  p.k = static_cast<int>(c.num_experts_per_tok);
+  const bool grouped = c.topk_method != moe::topk_rule::greedy && c.n_group > 1;
+  p.groups = grouped ? static_cast<int>(c.n_group) : 1;
+  p.top_groups = grouped ? static_cast<int>(c.topk_group) : 1;
+  p.scoring = c.scoring_func == moe::score_fn::sigmoid ? tiles::score_func::sigmoid : tiles::score_func::softmax;
+  p.renormalize = c.norm_topk_prob;
+  p.route_scale = c.routed_scaling_factor;
+  p.group_rule = c.topk_method == moe::topk_rule::noaux_tc ? tiles::group_score::top2_sum : tiles::group_score::max;
+  check(tiles::router_params_valid(p), "router_params_of: the CUDA router supports at most ",
+        tiles::router_max_experts, " experts and k <= ", tiles::router_max_k, " (config has ", c.n_routed_experts,
+        " experts, k ", c.num_experts_per_tok, ")");
+  return p;
+}
 
 /// Device buffers of one MoE dispatch for up to `max_tokens` tokens, `k` experts each, over
 /// `experts` experts. Reusable across calls with at most that many tokens.
