@@ -2,4 +2,5 @@
 /// \file moela/io.hpp
 /// Checkpoint and config I/O: safetensors, Hugging Face config.json.
 
+#include "moela/io/config.hpp"
 #include "moela/io/safetensors.hpp"
