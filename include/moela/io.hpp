@@ -4,3 +4,4 @@
 
 #include "moela/io/config.hpp"
 #include "moela/io/safetensors.hpp"
+#include "moela/io/checkpoint.hpp"
