@@ -9,13 +9,20 @@
 /// compiled for baseline x86-64) in every binary that includes this header on x86 with
 /// GCC/Clang: a missing feature prints
 ///   `moela: this binary was compiled for AVX512F, which this CPU does not support. ...`
-/// and exits with status 1, instead of dying later with SIGILL.
+/// and exits with status MOELA_ISA_GUARD_EXIT_CODE (1 unless defined before the first include),
+/// instead of dying later with SIGILL.
 
 #include <string>
 
 #include <xsimd/xsimd.hpp>
 
 #include "moela/core/config.hpp"
+
+/// Exit status of a binary stopped by the ISA guard. Define it (the same in every translation
+/// unit) before including moela to pick another, e.g. 77 so that CTest reports a skip.
+#ifndef MOELA_ISA_GUARD_EXIT_CODE
+#define MOELA_ISA_GUARD_EXIT_CODE 1
+#endif
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define MOELA_X86_GUARD 1
@@ -97,7 +104,7 @@ __attribute__((target("arch=x86-64"))) inline void isa_fail(const char* feature)
   while (feature[n]) ++n;
   put(feature, n);
   put(b, sizeof b - 1);
-  ::_exit(1);
+  ::_exit(MOELA_ISA_GUARD_EXIT_CODE);
 }
 
 /// Returns the first compiled-in feature the CPU lacks, or nullptr.

@@ -11,8 +11,8 @@
 ///    ±max (what DeepSeek's quantization kernels do: `cvt.rn.satfinite`, Triton, TileLang);
 ///    ±inf saturates too; NaN stays NaN.
 ///  - `overflow::ieee`: the IEEE rule. A value that rounds above max becomes ±inf, or NaN for
-///    formats without infinities (E4M3FN: |x| >= 464 gives NaN, exactly PyTorch's
-///    `.to(torch.float8_e4m3fn)`); NaN stays NaN.
+///    formats without infinities (E4M3FN: |x| > 464 gives NaN, while 464 itself, a tie,
+///    rounds to the even 448: exactly PyTorch's `.to(torch.float8_e4m3fn)`); NaN stays NaN.
 
 #include <bit>
 #include <cstdint>
@@ -177,7 +177,7 @@ struct fp16 : minifloat_base<fp16, detail::minifloat_format<5, 10, false, std::u
 /// FP8 E4M3FN ("fn": finite): 1 sign, 4 exponent (bias 7), 3 mantissa bits; max 448, no
 /// infinities, NaN = 0x7F/0xFF, smallest subnormal 2^-9. The format of DeepSeek-V3 weights,
 /// activations and FP8 KV caches. No implicit constructor from float: say `saturate` (what
-/// quantizers use) or `convert` (IEEE-style, |x| >= 464 becomes NaN).
+/// quantizers use) or `convert` (IEEE-style, |x| > 464 becomes NaN).
 struct fp8_e4m3 : minifloat_base<fp8_e4m3, detail::minifloat_format<4, 3, true, std::uint8_t>> {};
 
 /// FP8 E5M2: 1 sign, 5 exponent (bias 15), 2 mantissa bits; max 57344, IEEE infinities and NaNs.

@@ -10,7 +10,15 @@
 ///
 /// Errors: constructing or slicing a view with a negative extent, slicing out of bounds, or
 /// `at()` with an out-of-range index throws `moela::error` naming the operation and shapes.
-/// `operator()` is unchecked (a debug assert), for inner loops.
+/// `operator()` is unchecked (a debug assert), for inner loops. `view_of(span, shape)` makes a
+/// view over a buffer of known size and throws when the shape does not fit in it;
+/// `check_shape`, `check_same_shape`, `check_nonempty` and `check_extent_match` are the checks
+/// ops run on their arguments.
+///
+/// Static extents: `fixed_view<T, 4, dynamic_extent>` is a `tensor_view<T, 2>` whose first
+/// extent is known to be 4 at compile time (std::mdspan's vocabulary: `static_extents`,
+/// `dynamic_extent`). Static against static is checked by the compiler, anything else at run
+/// time.
 
 #include <array>
 #include <cassert>
@@ -22,6 +30,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "moela/core/config.hpp"
 #include "moela/core/error.hpp"
@@ -293,6 +302,223 @@ template <class T, std::size_t Rank>
 void check_nonempty(const char* op, const char* name, const tensor_view<T, Rank>& v) {
   for (std::size_t d = 0; d < Rank; ++d)
     check(v.extent(d) > 0, op, ": ", name, " has a zero-size dimension (shape ", to_string(v.shape()), ")");
+}
+
+/// Throws a moela::error naming `op` and both shapes unless `a` and `b` have the same shape.
+template <class T, class U, std::size_t Rank>
+void check_same_shape(const char* op, const char* a_name, const tensor_view<T, Rank>& a, const char* b_name,
+                      const tensor_view<U, Rank>& b) {
+  check(a.shape() == b.shape(), op, ": ", a_name, " has shape ", to_string(a.shape()), " but ", b_name,
+        " has shape ", to_string(b.shape()), " (they must match)");
+}
+
+/// A view of `shape` (row-major, or with explicit `strides`) over a buffer of known size,
+/// e.g. user memory or a memory-mapped file region. Throws moela::error when an element of
+/// the view would fall outside `buffer`, or an extent or stride is negative.
+template <class T, std::size_t Rank>
+tensor_view<T, Rank> view_of(std::span<T> buffer, const shape_t<Rank>& shape,
+                             const shape_t<Rank>& strides) {
+  index_t last = 0;  // offset of the last element
+  bool empty = false;
+  for (std::size_t d = 0; d < Rank; ++d) {
+    check(shape[d] >= 0 && strides[d] >= 0, "view_of: negative extent or stride (shape ", to_string(shape),
+          ", strides ", to_string(strides), ")");
+    if (shape[d] == 0) empty = true;
+    else last += (shape[d] - 1) * strides[d];
+  }
+  check(empty || last < static_cast<index_t>(buffer.size()), "view_of: a view of shape ", to_string(shape),
+        " and strides ", to_string(strides), " reaches element ", last, " but the buffer holds ", buffer.size(),
+        " elements");
+  return tensor_view<T, Rank>(buffer.data(), shape, strides);
+}
+template <class T, std::size_t Rank>
+tensor_view<T, Rank> view_of(std::span<T> buffer, const shape_t<Rank>& shape) {
+  return view_of(buffer, shape, contiguous_strides(shape));
+}
+/// Same, with the shape as a braced list: `view_of(std::span(buf), {4, 6})`.
+template <class T, std::size_t Rank>
+tensor_view<T, Rank> view_of(std::span<T> buffer, const index_t (&shape)[Rank]) {
+  shape_t<Rank> s{};
+  for (std::size_t d = 0; d < Rank; ++d) s[d] = shape[d];
+  return view_of(buffer, s, contiguous_strides(s));
+}
+template <class T, std::size_t Rank>
+tensor_view<T, Rank> view_of(std::span<T> buffer, const index_t (&shape)[Rank], const index_t (&strides)[Rank]) {
+  shape_t<Rank> s{}, st{};
+  for (std::size_t d = 0; d < Rank; ++d) {
+    s[d] = shape[d];
+    st[d] = strides[d];
+  }
+  return view_of(buffer, s, st);
+}
+
+// ---- static extents ---------------------------------------------------------------------
+// The vocabulary of std::mdspan (which GCC 12 lacks): an extent is either a number known at
+// compile time or `dynamic_extent`. A `fixed_view<T, E...>` is a `tensor_view<T, sizeof...(E)>`
+// that also carries the extents known at compile time; it converts to the plain view (so every
+// function taking a tensor_view accepts it). Two extents that are both static are compared by
+// the compiler (a mismatch does not compile); when either is dynamic the comparison happens at
+// run time and throws moela::error.
+
+/// Marks an extent known only at run time.
+inline constexpr index_t dynamic_extent = -1;
+
+/// A shape whose entries are compile-time extents or `dynamic_extent`.
+template <index_t... E>
+struct static_extents {
+  static_assert(sizeof...(E) >= 1 && sizeof...(E) <= 4, "moela tensors have rank 1..4");
+  static_assert(((E >= 0 || E == dynamic_extent) && ...), "static_extents: an extent is >= 0 or dynamic_extent");
+  static constexpr std::size_t rank = sizeof...(E);
+  static constexpr shape_t<rank> values{E...};
+  /// The compile-time extent of dimension `d`, or dynamic_extent.
+  static constexpr index_t static_extent(std::size_t d) { return values[d]; }
+  static constexpr bool is_static(std::size_t d) { return values[d] != dynamic_extent; }
+  static constexpr std::size_t rank_dynamic = ((E == dynamic_extent ? 1u : 0u) + ...);
+  static constexpr bool all_static = rank_dynamic == 0;
+  /// The full shape when every extent is static.
+  static constexpr shape_t<rank> shape()
+    requires all_static
+  {
+    return values;
+  }
+  /// "[4, *]": dynamic extents are written as `*`.
+  static std::string to_string() {
+    std::string r = "[";
+    for (std::size_t i = 0; i < rank; ++i) {
+      if (i) r += ", ";
+      r += values[i] == dynamic_extent ? std::string("*") : std::to_string(values[i]);
+    }
+    return r + "]";
+  }
+  /// True when `s` agrees with every static extent.
+  static constexpr bool matches(const shape_t<rank>& s) {
+    for (std::size_t d = 0; d < rank; ++d)
+      if (values[d] != dynamic_extent && values[d] != s[d]) return false;
+    return true;
+  }
+};
+
+namespace detail {
+template <class A, class B, std::size_t... D>
+constexpr bool extents_compatible_impl(std::index_sequence<D...>) {
+  return ((A::values[D] == dynamic_extent || B::values[D] == dynamic_extent || A::values[D] == B::values[D]) &&
+          ...);
+}
+}  // namespace detail
+
+/// True when two extents of the same rank can describe the same shape (every pair of static
+/// extents is equal).
+template <class A, class B>
+concept extents_compatible =
+    A::rank == B::rank && detail::extents_compatible_impl<A, B>(std::make_index_sequence<A::rank>{});
+
+/// A strided view with extents partly or fully known at compile time. Constructing it from a
+/// run-time shape checks that shape against the static extents (moela::error on mismatch).
+template <class T, index_t... E>
+class fixed_view : public tensor_view<T, sizeof...(E)> {
+  using base = tensor_view<T, sizeof...(E)>;
+
+ public:
+  using extents_type = static_extents<E...>;
+  static constexpr std::size_t rank = extents_type::rank;
+
+  /// A view of null data whose static extents are set and dynamic extents are 0.
+  fixed_view() : base(nullptr, default_shape()) {}
+
+  /// A contiguous view of the static shape at `data` (every extent static).
+  explicit fixed_view(T* data)
+    requires extents_type::all_static
+      : base(data, extents_type::values) {}
+
+  /// From a plain view (or a non-const one when T is const): checks `v`'s shape against the
+  /// static extents, throwing moela::error naming both. Not for fixed views (see below).
+  template <class V>
+    requires(std::is_same_v<V, tensor_view<typename V::element_type, rank>> &&
+             std::is_convertible_v<typename V::element_type (*)[], T (*)[]>)
+  explicit fixed_view(const V& v) : base(v) {
+    check_matches("fixed_view", v.shape());
+  }
+
+  /// A contiguous view with the dynamic extents taken from `shape` (checked like above).
+  fixed_view(T* data, const shape_t<rank>& shape) : base(data, shape) { check_matches("fixed_view", shape); }
+
+  /// From another fixed view: compiles only when the static extents agree; the extents static
+  /// here but dynamic there are checked at run time. Adds const like tensor_view does.
+  template <class U, index_t... F>
+    requires(sizeof...(F) == sizeof...(E) && extents_compatible<static_extents<E...>, static_extents<F...>> &&
+             std::is_convertible_v<U (*)[], T (*)[]>)
+  fixed_view(const fixed_view<U, F...>& o)  // NOLINT(google-explicit-constructor)
+      : base(o.data(), o.shape(), o.strides()) {
+    if constexpr (!std::is_same_v<static_extents<E...>, static_extents<F...>>) check_matches("fixed_view", o.shape());
+  }
+
+  /// The extent of dimension D: a constant when static (usable in constant expressions).
+  template <std::size_t D>
+  constexpr index_t extent() const {
+    static_assert(D < rank, "fixed_view::extent<D>: D is out of range");
+    if constexpr (extents_type::is_static(D)) return extents_type::values[D];
+    else return base::extent(D);
+  }
+  using base::extent;
+
+ private:
+  static shape_t<rank> default_shape() {
+    shape_t<rank> s = extents_type::values;
+    for (auto& e : s)
+      if (e == dynamic_extent) e = 0;
+    return s;
+  }
+  static void check_matches(const char* op, const shape_t<rank>& s) {
+    check(extents_type::matches(s), op, ": shape ", moela::to_string(s), " does not match the static extents ",
+          extents_type::to_string());
+  }
+};
+
+template <class T, index_t... E>
+using const_fixed_view = fixed_view<const T, E...>;
+
+/// The static extents of a view type: `static_extents<E...>` for fixed_view, all dynamic for
+/// tensor_view.
+template <class V>
+struct view_extents;
+template <class T, index_t... E>
+struct view_extents<fixed_view<T, E...>> {
+  using type = static_extents<E...>;
+};
+template <class T>
+struct view_extents<tensor_view<T, 1>> {
+  using type = static_extents<dynamic_extent>;
+};
+template <class T>
+struct view_extents<tensor_view<T, 2>> {
+  using type = static_extents<dynamic_extent, dynamic_extent>;
+};
+template <class T>
+struct view_extents<tensor_view<T, 3>> {
+  using type = static_extents<dynamic_extent, dynamic_extent, dynamic_extent>;
+};
+template <class T>
+struct view_extents<tensor_view<T, 4>> {
+  using type = static_extents<dynamic_extent, dynamic_extent, dynamic_extent, dynamic_extent>;
+};
+template <class V>
+using view_extents_t = typename view_extents<std::remove_cvref_t<V>>::type;
+
+/// True unless dimension `I` of view type `A` and dimension `J` of view type `B` are both
+/// static and differ.
+template <std::size_t I, class A, std::size_t J, class B>
+inline constexpr bool extent_may_match = !view_extents_t<A>::is_static(I) || !view_extents_t<B>::is_static(J) ||
+                                         view_extents_t<A>::values[I] == view_extents_t<B>::values[J];
+
+/// Checks that dimension `I` of `a` equals dimension `J` of `b` (e.g. the K of x[M, K] and
+/// W[N, K] in a matmul). Both static: checked by the compiler (a mismatch does not compile).
+/// Otherwise: at run time, throwing moela::error naming `op` and both shapes.
+template <std::size_t I, std::size_t J, class A, class B>
+void check_extent_match(const char* op, const char* a_name, const A& a, const char* b_name, const B& b) {
+  static_assert(extent_may_match<I, A, J, B>, "check_extent_match: the static extents differ");
+  if constexpr (!view_extents_t<A>::is_static(I) || !view_extents_t<B>::is_static(J))
+    check(a.extent(I) == b.extent(J), op, ": ", a_name, " is ", to_string(a.shape()), " but ", b_name, " is ",
+          to_string(b.shape()), " (dimension ", I, " of ", a_name, " must equal dimension ", J, " of ", b_name, ")");
 }
 
 }  // namespace moela

@@ -1,40 +1,122 @@
 #pragma once
 /// \file moela/ops/matmul.hpp
-/// `matmul(y, x, W)`: `y[M, N] = x[M, K] · W[N, K]ᵀ` for any weight format, FP32 accumulation.
-/// (Placeholder reference kernel; the quantized-matmul work replaces the body with the
-/// dispatched SIMD kernels, keeping this signature.)
+/// `moela::matmul(y, x, W)`: `y[M, N] = x[M, K] · W[N, K]ᵀ` for a weight `W` in any format of
+/// `moela/quant/formats.hpp`, activations fp32 or bf16, fp32 accumulation, fp32 output.
+///
+/// Overloads (the backend tag first selects the backend; without it, `cpu<>`):
+/// \code
+///   moela::matmul(y, x, w);                                   // fast mode (weight-only quant)
+///   moela::matmul(moela::cpu<>{}, y, x, w);                   // same, backend named
+///   moela::matmul(y, x_bf16, w);                              // bf16 activations
+///   moela::matmul(y, x, w_fp8, moela::quant::fp8_mode::faithful{});  // DeepSeek W8A8 FP8 numerics
+/// \endcode
+///
+/// Modes (tags in moela::quant::mode, also named quant::fp8_mode):
+///  - `fast` (default): the weight is dequantized in registers/L1 (exactly `dequantize()`'s
+///    values) and multiplied with the fp32 activations. Error = fp32 rounding only. Use it
+///    whenever you want the best accuracy per weight byte, and for every non-FP8 format.
+///  - `faithful` (fp8_block<128,128> only): activations are first quantized to E4M3 in 1x128
+///    groups (`quantize_activations_fp8`), then per 128-wide K block the exact FP8 x FP8 products
+///    are summed in fp32 and scaled `(P * x_scale) * w_scale` (DeepSeek-V3 `fp8_gemm`). Use it to
+///    reproduce the official `gemm_impl="fp8"` results (golden `gemm.out_w8a8`); it adds the
+///    activation quantization error (~2^-4 relative per element) and is not faster on CPUs
+///    without FP8 arithmetic.
+///
+/// Shapes: x `[M, K]`, y `[M, N]` with K = W.cols(), N = W.rows(); y's rows must be contiguous.
+/// Errors (`moela::error`): shape mismatch (message names the shapes), empty W.
+/// Threads: `moela::parallel_for` (see set_num_threads); allocation only for bf16 activations,
+/// non-contiguous x, or faithful mode (one buffer per call, outside the loops).
 
-#include <vector>
+#include <type_traits>
 
+#include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/cpu/qgemm.hpp"
 #include "moela/backend/tags.hpp"
-#include "moela/quant/dense.hpp"
+#include "moela/quant/activation.hpp"
+#include "moela/quant/formats.hpp"
+#include "moela/quant/qmatrix.hpp"
 
 namespace moela {
 
-template <class Format>
-void matmul(tensor_view<float, 2> y, const_view<float, 2> x, const qmatrix<Format>& w) {
+namespace detail {
+
+template <class T, class Format>
+void check_matmul_shapes(const tensor_view<float, 2>& y, const tensor_view<const T, 2>& x, const qmatrix<Format>& w) {
+  check(w.rows() > 0, "matmul: W is empty");
   check(x.extent(1) == w.cols(), "matmul: x is ", to_string(x.shape()), " but W is [", w.rows(), ", ", w.cols(),
         "] (K must match)");
-  check(y.extent(0) == x.extent(0) && y.extent(1) == w.rows(), "matmul: y is ", to_string(y.shape()),
-        " but [", x.extent(0), ", ", w.rows(), "] was expected");
-  const index_t M = x.extent(0), N = w.rows(), K = w.cols();
-  parallel_for(N, [&](index_t n0, index_t n1) {
-    std::vector<float> row(static_cast<std::size_t>(K));
-    for (index_t n = n0; n < n1; ++n) {
-      w.dequantize_row(n, row);
-      for (index_t m = 0; m < M; ++m) {
-        float acc = 0.f;
-        for (index_t k = 0; k < K; ++k) acc += x(m, k) * row[static_cast<std::size_t>(k)];
-        y(m, n) = acc;
-      }
-    }
-  });
+  check(y.extent(0) == x.extent(0) && y.extent(1) == w.rows(), "matmul: y is ", to_string(y.shape()), " but [",
+        x.extent(0), ", ", w.rows(), "] was expected (x is ", to_string(x.shape()), ", W is [", w.rows(), ", ",
+        w.cols(), "])");
+  check(y.rows_contiguous(), "matmul: y ", to_string(y.shape()), " must have contiguous rows (stride ",
+        y.stride(1), ")");
 }
 
-template <class A, class Format>
-void matmul(cpu<A>, tensor_view<float, 2> y, const_view<float, 2> x, const qmatrix<Format>& w) {
-  matmul(y, x, w);
+template <class Arch, class Format, class Mode>
+void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m, const qmatrix<Format>& w) {
+  if (m == 0) return;
+  const index_t ldy = m > 1 ? y.stride(0) : w.rows();
+  if constexpr (std::is_same_v<Mode, quant::mode::faithful>) {
+    static_assert(Format::kind == quant::format_kind::fp8_block && Format::block_rows == 128 && Format::group == 128,
+                  "matmul: the faithful FP8 mode needs an fp8_block<128, 128> weight");
+    const index_t k = w.cols(), kb = (k + 127) / 128;
+    tensor<fp8_e4m3, 2> q({m, k});
+    tensor<float, 2> xs({m, kb}), xd({m, k});
+    quant::quantize_activations_fp8(const_view<float, 2>(x, {m, k}, {ldx, 1}), q.view(), xs.view());
+    to_float<Arch>(std::span<const fp8_e4m3>(q.data(), static_cast<std::size_t>(m * k)),
+                   std::span<float>(xd.data(), static_cast<std::size_t>(m * k)));
+    qgemm<Arch, Format, true>(y.data(), ldy, xd.data(), k, m, w, xs.data());
+  } else {
+    static_assert(std::is_same_v<Mode, quant::mode::fast>, "matmul: unknown mode tag");
+    qgemm<Arch, Format, false>(y.data(), ldy, x, ldx, m, w, nullptr);
+  }
+}
+
+}  // namespace detail
+
+/// `y = x · Wᵀ` on the CPU backend, fp32 activations. See the file comment.
+template <class A, class Format, class Mode = quant::mode::fast>
+void matmul(cpu<A>, tensor_view<float, 2> y, const_view<float, 2> x, const qmatrix<Format>& w, Mode = {}) {
+  detail::check_matmul_shapes(y, x, w);
+  const index_t m = x.extent(0), k = x.extent(1);
+  if (x.rows_contiguous()) {
+    detail::matmul_f32<A, Format, Mode>(y, x.data(), m > 1 ? x.stride(0) : k, m, w);
+  } else {
+    tensor<float, 2> xc({m, k});
+    for (index_t r = 0; r < m; ++r)
+      for (index_t c = 0; c < k; ++c) xc(r, c) = x(r, c);
+    detail::matmul_f32<A, Format, Mode>(y, xc.data(), k, m, w);
+  }
+}
+
+/// `y = x · Wᵀ` on the CPU backend, bf16 activations (widened exactly to fp32).
+template <class A, class Format, class Mode = quant::mode::fast>
+void matmul(cpu<A>, tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const qmatrix<Format>& w, Mode = {}) {
+  detail::check_matmul_shapes(y, x, w);
+  const index_t m = x.extent(0), k = x.extent(1);
+  tensor<float, 2> xf({m, k});
+  for (index_t r = 0; r < m; ++r) {
+    if (x.rows_contiguous()) {
+      to_float<A>(std::span<const moela::bf16>(x.data() + r * x.stride(0), static_cast<std::size_t>(k)),
+                  std::span<float>(xf.data() + r * k, static_cast<std::size_t>(k)));
+    } else {
+      for (index_t c = 0; c < k; ++c) xf(r, c) = x(r, c).to_float();
+    }
+  }
+  detail::matmul_f32<A, Format, Mode>(y, xf.data(), k, m, w);
+}
+
+/// `y = x · Wᵀ` on the default backend (`cpu<>`), fp32 activations.
+template <class Format, class Mode = quant::mode::fast>
+void matmul(tensor_view<float, 2> y, const_view<float, 2> x, const qmatrix<Format>& w, Mode mode = {}) {
+  matmul(cpu<>{}, y, x, w, mode);
+}
+
+/// `y = x · Wᵀ` on the default backend (`cpu<>`), bf16 activations.
+template <class Format, class Mode = quant::mode::fast>
+void matmul(tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const qmatrix<Format>& w, Mode mode = {}) {
+  matmul(cpu<>{}, y, x, w, mode);
 }
 
 }  // namespace moela

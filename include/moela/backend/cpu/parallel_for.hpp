@@ -5,7 +5,8 @@
 /// `parallel_for(n, fn)` calls `fn(begin, end)` on disjoint chunks covering `[0, n)`, on the
 /// calling thread and the pool's workers, and returns when all chunks are done. Nested calls
 /// (from inside a chunk) run serially on the calling thread. Exceptions thrown by `fn` are
-/// rethrown on the calling thread (the first one wins).
+/// rethrown on the calling thread (the first one wins; the other chunks still run). Calls from
+/// several user threads at once are safe: they take turns on the pool.
 ///
 /// The thread count is `set_num_threads(n)` if called, else the `MOELA_NUM_THREADS`
 /// environment variable, else `std::thread::hardware_concurrency()`.
@@ -53,15 +54,21 @@ class thread_pool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   void resize(int n) {
+    std::lock_guard<std::mutex> run(run_mu_);  // never while a parallel_for is running
     n = std::max(1, n);
     if (n == size() && !workers_.empty()) return;
     stop();
     quit_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    // New workers wait for the *next* generation: runs before this resize are not theirs.
+    const unsigned long gen = generation_;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, gen] { worker_loop(i, gen); });
   }
 
   /// Runs task(worker_index) on every thread of the pool, including the caller (index 0).
   void run_on_all(const std::function<void(int)>& task) {
+    // One parallel region at a time: callers on different threads take turns (each region
+    // already uses every thread of the pool).
+    std::lock_guard<std::mutex> run(run_mu_);
     if (workers_.empty()) {
       task(0);
       return;
@@ -93,8 +100,7 @@ class thread_pool {
   }
 
  private:
-  void worker_loop(int idx) {
-    unsigned long seen = 0;
+  void worker_loop(int idx, unsigned long seen) {
     for (;;) {
       const std::function<void(int)>* t;
       {
@@ -129,6 +135,7 @@ class thread_pool {
 
  private:
   std::vector<std::thread> workers_;
+  std::mutex run_mu_;  // held for a whole run_on_all or resize
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   const std::function<void(int)>* task_ = nullptr;

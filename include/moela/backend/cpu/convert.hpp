@@ -1,0 +1,201 @@
+#pragma once
+/// \file moela/backend/cpu/convert.hpp
+/// Vectorised bulk conversions between float and the narrow types of `moela/core/minifloat.hpp`
+/// (bf16, fp16, fp8_e4m3, fp8_e5m2). Every function gives exactly the result of the scalar
+/// conversion in minifloat.hpp applied element-wise (tested bit for bit), only faster:
+///  - widening (`to_float`): exact;
+///  - narrowing (`from_float`): round-to-nearest-even; bf16/fp16 with IEEE overflow (as their
+///    constructors), fp8 with the named `overflow` rule (default saturate, what quantizers use).
+///
+/// Paths: x86 AVX2 (+F16C) intrinsics when the translation unit is compiled for them and
+/// MOELA_FORCE_GENERIC is not defined; a portable path otherwise (scalar loops the compiler
+/// vectorises where it can). Template parameter `Arch` is the xsimd architecture (default: the
+/// one the translation unit is compiled for), so TUs with different flags never share a symbol.
+///
+/// Shapes: `in.size() == out.size()` (checked, `moela::error`).
+/// \code
+///   std::vector<moela::bf16> h(n); std::vector<float> f(n);
+///   moela::to_float(std::span<const moela::bf16>(h), std::span<float>(f));
+/// \endcode
+
+#include <array>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#include "moela/core/config.hpp"
+#include "moela/core/error.hpp"
+#include "moela/core/minifloat.hpp"
+
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__) && !defined(MOELA_FORCE_GENERIC)
+#define MOELA_X86_AVX2_KERNELS 1
+#include <immintrin.h>
+#endif
+
+namespace moela {
+
+namespace detail {
+
+/// True when `Arch` is (or extends) AVX2 and the AVX2 intrinsic kernels are compiled in.
+template <class Arch>
+inline constexpr bool use_avx2 =
+#ifdef MOELA_X86_AVX2_KERNELS
+    std::is_base_of_v<xsimd::avx2, Arch>;
+#else
+    false;
+#endif
+
+/// Decode table of an FP8 format (256 floats, exact).
+template <class Code>
+struct fp8_table {
+  std::array<float, 256> v{};
+  constexpr fp8_table() {
+    for (int i = 0; i < 256; ++i) v[static_cast<std::size_t>(i)] = Code::from_bits(static_cast<std::uint8_t>(i)).to_float();
+  }
+};
+template <class Code>
+inline constexpr fp8_table<Code> fp8_decode_table{};
+
+#ifdef MOELA_X86_AVX2_KERNELS
+/// 8 FP8 codes (low 8 bytes of `c`) -> 8 floats, exact (E4M3: NaN codes give NaN). Uses the
+/// F16C converter: an FP8 code shifted into an fp16 bit pattern is the same value scaled by a
+/// power of two (E4M3: 2^-8, folded into `mul`; E5M2: exact, fp16 with its low byte cleared).
+/// `mul` multiplies the result (the caller's scale, times 256 for E4M3).
+template <class Code>
+MOELA_ALWAYS_INLINE __m256 fp8x8_to_ps(__m128i c8, __m256 mul) {
+  const __m128i c = _mm_cvtepu8_epi16(c8);
+  if constexpr (std::is_same_v<Code, fp8_e5m2>) {
+    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_slli_epi16(c, 8)), mul);
+  } else {
+    const __m128i sign = _mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x80)), 8);
+    const __m128i mag = _mm_and_si128(c, _mm_set1_epi16(0x7F));
+    const __m128i h = _mm_or_si128(sign, _mm_slli_epi16(mag, 7));
+    __m256 f = _mm256_mul_ps(_mm256_cvtph_ps(h), mul);
+    const __m256 nan_lane = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7F))));
+    return _mm256_blendv_ps(f, _mm256_set1_ps(std::bit_cast<float>(0x7fc00000u)), nan_lane);
+  }
+}
+/// The factor an fp8x8_to_ps result needs for unit scale.
+template <class Code>
+inline constexpr float fp8_fp16_rescale = std::is_same_v<Code, fp8_e5m2> ? 1.0f : 256.0f;
+
+/// NaN lanes replaced by the canonical quiet NaN of the same sign (what the scalar encoders give).
+MOELA_ALWAYS_INLINE __m256i canonical_nan(__m256i b) {
+  const __m256i is_nan =
+      _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7FFFFFFF)), _mm256_set1_epi32(0x7F800000));
+  const __m256i qn = _mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(int(0x80000000u))),
+                                     _mm256_set1_epi32(0x7FC00000));
+  return _mm256_blendv_epi8(b, qn, is_nan);
+}
+
+MOELA_ALWAYS_INLINE __m256 bf16x8_to_ps(const void* p) {
+  const __m128i h = _mm_loadu_si128(static_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+#endif
+
+}  // namespace detail
+
+// ---- widening ---------------------------------------------------------------------------------------
+
+/// bf16 -> float, exact.
+template <class Arch = xsimd::default_arch>
+void to_float(std::span<const bf16> in, std::span<float> out) {
+  check(in.size() == out.size(), "to_float(bf16): input has ", in.size(), " elements, output ", out.size());
+  std::size_t i = 0;
+  const std::size_t n = in.size();
+#ifdef MOELA_X86_AVX2_KERNELS
+  if constexpr (detail::use_avx2<Arch>)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out.data() + i, detail::bf16x8_to_ps(in.data() + i));
+#endif
+  for (; i < n; ++i) out[i] = std::bit_cast<float>(static_cast<std::uint32_t>(in[i].bits) << 16);
+}
+
+/// fp16 -> float, exact.
+template <class Arch = xsimd::default_arch>
+void to_float(std::span<const fp16> in, std::span<float> out) {
+  check(in.size() == out.size(), "to_float(fp16): input has ", in.size(), " elements, output ", out.size());
+  std::size_t i = 0;
+  const std::size_t n = in.size();
+#ifdef MOELA_X86_AVX2_KERNELS
+  if constexpr (detail::use_avx2<Arch>)
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(out.data() + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in.data() + i))));
+#endif
+  for (; i < n; ++i) out[i] = in[i].to_float();
+}
+
+/// fp8 (E4M3FN or E5M2) -> float, exact (NaN codes give NaN).
+template <class Arch = xsimd::default_arch, class Code>
+  requires(std::is_same_v<Code, fp8_e4m3> || std::is_same_v<Code, fp8_e5m2>)
+void to_float(std::span<const Code> in, std::span<float> out) {
+  check(in.size() == out.size(), "to_float(fp8): input has ", in.size(), " elements, output ", out.size());
+  std::size_t i = 0;
+  const std::size_t n = in.size();
+#ifdef MOELA_X86_AVX2_KERNELS
+  if constexpr (detail::use_avx2<Arch>) {
+    const __m256 mul = _mm256_set1_ps(detail::fp8_fp16_rescale<Code>);
+    for (; i + 8 <= n; i += 8) {
+      const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in.data() + i));
+      _mm256_storeu_ps(out.data() + i, detail::fp8x8_to_ps<Code>(c, mul));
+    }
+  }
+#endif
+  const auto& tab = detail::fp8_decode_table<Code>.v;
+  for (; i < n; ++i) out[i] = tab[in[i].bits];
+}
+
+// ---- narrowing --------------------------------------------------------------------------------------
+
+/// float -> bf16, RNE, IEEE overflow, NaN kept (quiet), exactly as `bf16(float)`.
+template <class Arch = xsimd::default_arch>
+void from_float(std::span<const float> in, std::span<bf16> out) {
+  check(in.size() == out.size(), "from_float(bf16): input has ", in.size(), " elements, output ", out.size());
+  std::size_t i = 0;
+  const std::size_t n = in.size();
+#ifdef MOELA_X86_AVX2_KERNELS
+  if constexpr (detail::use_avx2<Arch>) {
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF);
+    for (; i + 8 <= n; i += 8) {
+      const __m256i b = detail::canonical_nan(_mm256_castps_si256(_mm256_loadu_ps(in.data() + i)));
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), one);
+      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(bias, lsb)), 16);
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out.data() + i), _mm256_castsi256_si128(packed));
+    }
+  }
+#endif
+  for (; i < n; ++i) out[i] = bf16(in[i]);
+}
+
+/// float -> fp16, RNE, IEEE overflow (±inf), NaN kept, exactly as `fp16(float)`.
+template <class Arch = xsimd::default_arch>
+void from_float(std::span<const float> in, std::span<fp16> out) {
+  check(in.size() == out.size(), "from_float(fp16): input has ", in.size(), " elements, output ", out.size());
+  std::size_t i = 0;
+  const std::size_t n = in.size();
+#ifdef MOELA_X86_AVX2_KERNELS
+  if constexpr (detail::use_avx2<Arch>)
+    for (; i + 8 <= n; i += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out.data() + i),
+                       _mm256_cvtps_ph(_mm256_castsi256_ps(detail::canonical_nan(
+                                           _mm256_castps_si256(_mm256_loadu_ps(in.data() + i)))),
+                                       _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i) out[i] = fp16(in[i]);
+}
+
+/// float -> fp8 (E4M3FN or E5M2), RNE, with the named overflow rule (default saturate).
+/// Scalar bit-exact encoder per element (the FP8 encoders are not on the GEMM hot path).
+template <class Arch = xsimd::default_arch, class Code>
+  requires(std::is_same_v<Code, fp8_e4m3> || std::is_same_v<Code, fp8_e5m2>)
+void from_float(std::span<const float> in, std::span<Code> out, overflow ov = overflow::saturate) {
+  check(in.size() == out.size(), "from_float(fp8): input has ", in.size(), " elements, output ", out.size());
+  for (std::size_t i = 0; i < in.size(); ++i) out[i] = Code::from_float(in[i], ov);
+}
+
+}  // namespace moela

@@ -1,0 +1,261 @@
+#pragma once
+/// \file moela/backend/cpu/qgemm.hpp
+/// CPU kernels of `moela::matmul` for every weight format: `y[M, N] = x[M, K] · W[N, K]ᵀ`, fp32
+/// accumulation. Internal (namespace moela::detail); the public entry is moela/ops/matmul.hpp.
+///
+/// Structure (one driver for all formats and all M):
+///  - the driver splits N into blocks of `nc` rows (one `parallel_for` over blocks, static
+///    split, so each thread streams a contiguous range of weight rows) and K into blocks of `kc`;
+///  - a format decoder turns one row segment W[n, k0:k1) into fp32 in a per-thread buffer
+///    (nc x kc floats: L1-resident for GEMV, L2-resident for GEMM), scale applied
+///    (fast mode) or not (faithful FP8 mode, where the scale is applied per 128-block);
+///  - a register-tile microkernel computes an MR x NR (4 x 3) tile of dot products over the
+///    segment, vectorised along K (xsimd batches: 12 independent FMA chains), and the epilogue
+///    adds the tile into y (faithful: `y += (P * x_scale) * w_scale` per 128-wide K block).
+/// The x rows (fp32) are read in place: a 4 x kc tile (8 KiB) stays in L1 while the decoded
+/// weight block streams past it; weights are decoded exactly once per call.
+///
+/// Paths: AVX2+F16C+FMA decoders (intrinsics) when compiled for them and MOELA_FORCE_GENERIC is
+/// off; portable decoders (table lookups, scalar) otherwise; the microkernel is xsimd, so it is
+/// portable and uses the widest batch of `Arch`. No allocation inside the loops (one per-thread
+/// buffer, grown once and reused across calls).
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include <xsimd/xsimd.hpp>
+
+#include "moela/backend/cpu/convert.hpp"
+#include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/quant/qmatrix.hpp"
+
+namespace moela::detail {
+
+template <class T, class A>
+MOELA_ALWAYS_INLINE T hsum(const xsimd::batch<T, A>& v) {
+#if XSIMD_VERSION_MAJOR >= 9
+  return xsimd::reduce_add(v);
+#else
+  return xsimd::hadd(v);
+#endif
+}
+
+// ---- decoders ---------------------------------------------------------------------------------------
+//
+// Roofline of a decoder: reads (k1 - k0) codes (4, 2, 1 or 0.5 bytes each) + the scales of the
+// segment, writes 4 bytes per weight to the L1/L2 buffer; ~1-6 integer/convert ops per 8 weights.
+
+/// Row `n`, columns [k0, k1) of `w` as fp32: returns a pointer to the values (into `w` itself for
+/// f32, else into `out`). `scaled == false` (fp8 only) gives the unscaled code values.
+template <class Arch, class F>
+const float* decode_segment(const qmatrix<F>& w, index_t n, index_t k0, index_t k1, float* out, bool scaled) {
+  using namespace quant;
+  const index_t len = k1 - k0;
+  const auto* row = w.row_codes(n);
+  const auto ulen = static_cast<std::size_t>(len);
+  if constexpr (F::kind == format_kind::dense) {
+    (void)scaled;
+    if constexpr (std::is_same_v<typename F::code_type, float>) {
+      (void)out;
+      return row + k0;
+    } else {
+      to_float<Arch>(std::span<const typename F::code_type>(row + k0, ulen), std::span<float>(out, ulen));
+      return out;
+    }
+  } else if constexpr (F::kind == format_kind::fp8_block) {
+    using Code = typename F::code_type;
+    constexpr index_t bc = F::group;
+    const float* srow = w.scale_data() + (n / F::block_rows) * w.scale_cols();
+    for (index_t a = k0; a < k1;) {
+      const index_t b = std::min(k1, (a / bc + 1) * bc);
+      const float s = scaled ? srow[a / bc] : 1.0f;
+      index_t k = a;
+#ifdef MOELA_X86_AVX2_KERNELS
+      if constexpr (use_avx2<Arch>) {
+        const __m256 mul = _mm256_set1_ps(s * fp8_fp16_rescale<Code>);
+        for (; k + 8 <= b; k += 8) {
+          const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + k));
+          _mm256_storeu_ps(out + (k - k0), fp8x8_to_ps<Code>(c, mul));
+        }
+      }
+#endif
+      const auto& tab = fp8_decode_table<Code>.v;
+      for (; k < b; ++k) out[k - k0] = tab[row[k].bits] * s;
+      a = b;
+    }
+    return out;
+  } else if constexpr (F::kind == format_kind::int8_rowwise || F::kind == format_kind::int8_group) {
+    (void)scaled;
+    const index_t g = F::group == 0 ? w.cols() : F::group;
+    const auto* srow = w.scale_data() + n * w.scale_cols();
+    for (index_t a = k0; a < k1;) {
+      const index_t b = std::min(k1, (a / g + 1) * g);
+      const float s = quant::detail::scale_to_float(srow[a / g]);
+      index_t k = a;
+#ifdef MOELA_X86_AVX2_KERNELS
+      if constexpr (use_avx2<Arch>) {
+        const __m256 sv = _mm256_set1_ps(s);
+        for (; k + 8 <= b; k += 8) {
+          const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + k));
+          _mm256_storeu_ps(out + (k - k0), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), sv));
+        }
+      }
+#endif
+      for (; k < b; ++k) out[k - k0] = static_cast<float>(row[k]) * s;
+      a = b;
+    }
+    return out;
+  } else {  // int4_group: k0, k1 are multiples of the group size (the driver's kc is a multiple of 128)
+    (void)scaled;
+    constexpr index_t g = F::group;
+    const auto* srow = w.scale_data() + n * w.scale_cols();
+    const std::uint8_t* zrow = F::has_zero ? w.zero_data() + n * w.scale_cols() : nullptr;
+    for (index_t a = k0; a < k1; a += g) {
+      const float s = quant::detail::scale_to_float(srow[a / g]);
+      const int z = F::has_zero ? int(zrow[a / g]) : 0;
+      const std::uint8_t* p = row + a / 2;
+      float* o = out + (a - k0);
+      index_t k = 0;
+#ifdef MOELA_X86_AVX2_KERNELS
+      if constexpr (use_avx2<Arch>) {
+        const __m256 sv = _mm256_set1_ps(s);
+        if constexpr (F::has_zero) {
+          const __m256i shr = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+          const __m256i mask = _mm256_set1_epi32(0xF), zv = _mm256_set1_epi32(z);
+          for (; k + 8 <= g; k += 8) {
+            std::uint32_t u;
+            std::memcpy(&u, p + k / 2, 4);
+            const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(u)), shr), mask);
+            _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, zv)), sv));
+          }
+        } else {
+          const __m256i shl = _mm256_setr_epi32(28, 24, 20, 16, 12, 8, 4, 0);
+          for (; k + 8 <= g; k += 8) {
+            std::uint32_t u;
+            std::memcpy(&u, p + k / 2, 4);
+            const __m256i q = _mm256_srai_epi32(_mm256_sllv_epi32(_mm256_set1_epi32(int(u)), shl), 28);
+            _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_cvtepi32_ps(q), sv));
+          }
+        }
+      }
+#endif
+      for (; k < g; ++k) {
+        const int nib = (p[k / 2] >> (4 * (k & 1))) & 0xF;
+        const int q = F::has_zero ? nib - z : (nib >= 8 ? nib - 16 : nib);
+        o[k] = static_cast<float>(q) * s;
+      }
+    }
+    return out;
+  }
+}
+
+// ---- microkernel ------------------------------------------------------------------------------------
+//
+// Roofline of a tile: 2*MR*NR*kc FLOPs from (MR + NR)*kc*4 bytes of L1/L2 traffic; with MR x NR
+// = 4 x 3 that is 12 FMAs per 7 vector loads, below the 2-loads-per-cycle limit of the core.
+
+/// sums[i*NR + j] = Σ_k a[i][k] * b[j][k], k in [0, kc).
+template <class Arch, int MR, int NR>
+void dot_tile(index_t kc, const float* const* a, const float* const* b, float* sums) {
+  using B = xsimd::batch<float, Arch>;
+  constexpr index_t L = static_cast<index_t>(B::size);
+  B acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = B(0.0f);
+  index_t k = 0;
+  for (; k + L <= kc; k += L) {
+    B bv[NR];
+    for (int j = 0; j < NR; ++j) bv[j] = B::load_unaligned(b[j] + k);
+    for (int i = 0; i < MR; ++i) {
+      const B av = B::load_unaligned(a[i] + k);
+      for (int j = 0; j < NR; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      float s = hsum(acc[i][j]);
+      for (index_t t = k; t < kc; ++t) s += a[i][t] * b[j][t];
+      sums[i * NR + j] = s;
+    }
+}
+
+inline constexpr int tile_mr = 4, tile_nr = 3;
+
+template <class Arch>
+struct tile_table {
+  using fn = void (*)(index_t, const float* const*, const float* const*, float*);
+  template <int... I>
+  static constexpr std::array<fn, sizeof...(I)> make(std::integer_sequence<int, I...>) {
+    return {&dot_tile<Arch, I / tile_nr + 1, I % tile_nr + 1>...};
+  }
+  static constexpr std::array<fn, tile_mr * tile_nr> table = make(std::make_integer_sequence<int, tile_mr * tile_nr>{});
+};
+
+/// A per-thread scratch buffer, grown once (never inside a kernel's loops) and reused.
+inline float* scratch_floats(std::size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// ---- driver -----------------------------------------------------------------------------------------
+//
+// Roofline of a call: bytes = w.bytes() + 4*M*K (+ 4*M*N written); FLOPs = 2*M*N*K.
+// M = 1..4: memory bound (arithmetic intensity ~2M/bytes_per_weight FLOP/B) -> target: weights
+// streamed at DRAM speed. M >= 16: compute bound -> target: FMA peak (decode cost amortised
+// over M rows).
+
+/// y[M, N] (row stride ldy) = x[M, K] (row stride ldx) · Wᵀ. `Faithful`: x holds FP8 code values
+/// (decoded) with group scales `xs[M, ceil(K/128)]`, and W's block scales are applied per
+/// 128-wide K block to the fp32 partial sums (requires fp8_block<128, 128>).
+template <class Arch, class F, bool Faithful>
+void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const qmatrix<F>& w, const float* xs) {
+  const index_t N = w.rows(), K = w.cols();
+  const index_t kc = Faithful ? 128 : std::min<index_t>(512, (K + 127) / 128 * 128);
+  const index_t nc = M <= 4 ? 8 : 48;
+  const index_t nblocks = (N + nc - 1) / nc;
+  const index_t kb_count = (K + 127) / 128;
+  const auto& tiles = tile_table<Arch>::table;
+  parallel_for(nblocks, [&](index_t b0, index_t b1) {
+    float* buf = scratch_floats(static_cast<std::size_t>(nc * kc));
+    const float* rows[48];
+    float sums[tile_mr * tile_nr];
+    for (index_t nb = b0; nb < b1; ++nb) {
+      const index_t n0 = nb * nc, nn = std::min(N, n0 + nc) - n0;
+      for (index_t k0 = 0; k0 < K; k0 += kc) {
+        const index_t k1 = std::min(K, k0 + kc), len = k1 - k0;
+        for (index_t j = 0; j < nn; ++j) rows[j] = decode_segment<Arch>(w, n0 + j, k0, k1, buf + j * kc, !Faithful);
+        for (index_t m0 = 0; m0 < M; m0 += tile_mr) {
+          const index_t mr = std::min<index_t>(tile_mr, M - m0);
+          const float* a[tile_mr];
+          for (index_t i = 0; i < mr; ++i) a[i] = x + (m0 + i) * ldx + k0;
+          for (index_t j0 = 0; j0 < nn; j0 += tile_nr) {
+            const index_t nr = std::min<index_t>(tile_nr, nn - j0);
+            tiles[static_cast<std::size_t>((mr - 1) * tile_nr + (nr - 1))](len, a, rows + j0, sums);
+            for (index_t i = 0; i < mr; ++i) {
+              float* yr = y + (m0 + i) * ldy + n0 + j0;
+              for (index_t j = 0; j < nr; ++j) {
+                const float s = sums[i * nr + j];
+                if constexpr (Faithful) {
+                  const index_t kb = k0 / 128;
+                  const float v = (s * xs[(m0 + i) * kb_count + kb]) * w.scale_data()[((n0 + j0 + j) / 128) * w.scale_cols() + kb];
+                  yr[j] = k0 == 0 ? v : yr[j] + v;
+                } else {
+                  yr[j] = k0 == 0 ? s : yr[j] + s;
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace moela::detail

@@ -1,0 +1,98 @@
+#pragma once
+/// \file moela/quant/activation.hpp
+/// On-the-fly activation quantization.
+///
+/// `quantize_activations_fp8(x, q, scale)`: DeepSeek-V3's `act_quant` (contract ACT_V3 of the
+/// spec, §8.5): for each row of `x[M, K]` and each group of `group` (default 128) consecutive
+/// elements, in fp32: `amax = max(max|x|, 1e-4)`, `s = amax / 448` (IEEE division),
+/// `q = e4m3_satfinite_rne(x / s)`. With `scale_format::ue8m0` (V3.1/V3.2 configs):
+/// `s = 2^ceil(log2(amax / 448))`, computed exactly from the fp32 bits. Shapes: `q[M, K]`,
+/// `scale[M, ceil(K / group)]`. The official kernel needs K % group == 0; here a shorter last
+/// group is allowed (its amax covers the valid part, the same as zero padding).
+/// Bit-exact with the golden vectors `aq.*` and `aq_ue8m0.*` (tests/data/golden).
+///
+/// `quantize_activations_int8(x, q, scale)`: per-row symmetric INT8 (the activation side of a
+/// W8A8 integer GEMM): `s = amax(row) / 127` (s = 0 for an all-zero row), `q = clamp(rne(x / s),
+/// -127, 127)`. Shapes: `q[M, K]`, `scale[M]`.
+///
+/// Errors (`moela::error`): shape mismatches, group <= 0.
+/// \code
+///   moela::tensor<moela::fp8_e4m3, 2> q({m, k});
+///   moela::tensor<float, 2> s({m, (k + 127) / 128});
+///   moela::quant::quantize_activations_fp8(x, q.view(), s.view());
+/// \endcode
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+#include "moela/core/error.hpp"
+#include "moela/core/minifloat.hpp"
+#include "moela/core/tensor.hpp"
+#include "moela/quant/qmatrix.hpp"
+
+namespace moela::quant {
+
+/// How an activation group scale is stored: plain fp32, or rounded up to a power of two (UE8M0).
+enum class scale_format { fp32, ue8m0 };
+
+namespace detail {
+/// The smallest power of two >= s (s > 0, finite), exact from the fp32 bits.
+inline float ceil_pow2(float s) {
+  const std::uint32_t b = std::bit_cast<std::uint32_t>(s);
+  const std::uint32_t e = b >> 23, m = b & 0x7FFFFFu;
+  if (e == 0) {  // subnormal: next power of two above (or equal to) m * 2^-149
+    std::uint32_t p = 1;
+    while (p < m) p <<= 1;
+    return p >= 0x800000u ? std::bit_cast<float>(1u << 23) : std::bit_cast<float>(p);
+  }
+  return std::bit_cast<float>((e + (m != 0 ? 1u : 0u)) << 23);
+}
+
+/// Scale of one activation group with the given amax (already clamped to >= 1e-4).
+inline float act_group_scale(float amax, float code_max, scale_format fmt) {
+  const float s = amax / code_max;
+  return fmt == scale_format::ue8m0 ? ceil_pow2(s) : s;
+}
+}  // namespace detail
+
+/// Quantizes `x[M, K]` to FP8 `Code` (E4M3 by default) in 1 x `group` groups; see file comment.
+template <class Code = fp8_e4m3>
+void quantize_activations_fp8(const_view<float, 2> x, tensor_view<Code, 2> q, tensor_view<float, 2> scale,
+                              scale_format fmt = scale_format::fp32, index_t group = 128) {
+  check(group > 0, "quantize_activations_fp8: group size must be positive, got ", group);
+  const index_t m = x.extent(0), k = x.extent(1), g = (k + group - 1) / group;
+  check_shape("quantize_activations_fp8", "q", q, {m, k});
+  check_shape("quantize_activations_fp8", "scale", scale, {m, g});
+  constexpr float code_max = float(Code::max());
+  for (index_t r = 0; r < m; ++r)
+    for (index_t gi = 0; gi < g; ++gi) {
+      const index_t c0 = gi * group, c1 = std::min(k, c0 + group);
+      float amax = 0.f;
+      for (index_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x(r, c)));
+      const float s = detail::act_group_scale(std::max(amax, 1e-4f), code_max, fmt);
+      scale(r, gi) = s;
+      for (index_t c = c0; c < c1; ++c) q(r, c) = Code::saturate(x(r, c) / s);
+    }
+}
+
+/// Quantizes `x[M, K]` to INT8 with one scale per row; see file comment.
+inline void quantize_activations_int8(const_view<float, 2> x, tensor_view<std::int8_t, 2> q,
+                                      tensor_view<float, 1> scale) {
+  const index_t m = x.extent(0), k = x.extent(1);
+  check_shape("quantize_activations_int8", "q", q, {m, k});
+  check_shape("quantize_activations_int8", "scale", scale, {m});
+  for (index_t r = 0; r < m; ++r) {
+    float amax = 0.f;
+    for (index_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x(r, c)));
+    const float s = amax / 127.0f;
+    scale(r) = s;
+    for (index_t c = 0; c < k; ++c) {
+      const float v = s > 0.f ? std::clamp(moela::quant::detail::rne(x(r, c) / s), -127.f, 127.f) : 0.f;
+      q(r, c) = static_cast<std::int8_t>(v);
+    }
+  }
+}
+
+}  // namespace moela::quant

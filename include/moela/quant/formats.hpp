@@ -1,0 +1,172 @@
+#pragma once
+/// \file moela/quant/formats.hpp
+/// Weight format policies: small types naming a weight matrix's storage (code type), its block
+/// shape and its scale layout. Each is a template parameter of `moela::qmatrix<Format>`.
+///
+/// | policy                         | code (per weight)          | scale grid for W[N, K]          | zero point |
+/// |--------------------------------|----------------------------|----------------------------------|------------|
+/// | `f32`, `bf16`, `fp16`          | float / bf16 / fp16        | none                             | no         |
+/// | `fp8_block<BR, BC>`            | FP8 E4M3FN                 | float `[ceil(N/BR), ceil(K/BC)]` | no         |
+/// | `fp8_block_e5m2<BR, BC>`       | FP8 E5M2                   | float `[ceil(N/BR), ceil(K/BC)]` | no         |
+/// | `int8_rowwise<S>`              | int8 in [-127, 127]        | S `[N, 1]`                       | no         |
+/// | `int8_group<G, S>`             | int8 in [-127, 127]        | S `[N, K/G]`                     | no         |
+/// | `int4_group<G, int4_sym, S>`   | int4 in [-8, 7], 2 per byte| S `[N, K/G]`                     | no         |
+/// | `int4_group<G, int4_asym, S>`  | uint4 in [0, 15], 2 per byte| S `[N, K/G]`                    | uint8 `[N, K/G]` |
+///
+/// `S` (scale type) is `float` or `moela::bf16`. The dequantized weight is
+///  - fp8:  `w = float(code) * scale[n / BR, k / BC]` (the checkpoint's `weight_scale_inv` is
+///    this multiplier; one fp32 multiply, so dequantization is exact-in-fp32 and deterministic);
+///  - int8 / int4 symmetric: `w = float(code) * scale`;
+///  - int4 asymmetric (GPTQ/AWQ style): `w = float(code - zero) * scale`.
+///
+/// Example:
+/// \code
+///   using W = moela::qmatrix<moela::quant::int4_group<64>>;
+///   W q = W::quantize(weights_f32);          // [N, K], K % 64 == 0
+///   moela::matmul(y, x, q);                  // y[M, N] = x[M, K] · Wᵀ
+/// \endcode
+
+#include <concepts>
+#include <cstdint>
+#include <type_traits>
+
+#include "moela/core/config.hpp"
+#include "moela/core/minifloat.hpp"
+
+namespace moela::quant {
+
+/// The family of a format; kernels and qmatrix select code paths on it.
+enum class format_kind { dense, fp8_block, int8_rowwise, int8_group, int4_group };
+
+/// Zero-point policy of `int4_group`.
+enum class int4_zero {
+  symmetric,   ///< signed codes in [-8, 7], `w = code * scale`, scale = amax / 7
+  asymmetric,  ///< unsigned codes in [0, 15] and a per-group zero point, `w = (code - zero) * scale`
+};
+inline constexpr int4_zero int4_sym = int4_zero::symmetric;
+inline constexpr int4_zero int4_asym = int4_zero::asymmetric;
+
+/// Dense storage: every weight stored as one `T` (float, moela::bf16 or moela::fp16).
+/// Conversion from float rounds to nearest even (IEEE overflow: bf16/fp16 overflow to ±inf).
+template <class T>
+struct dense {
+  static constexpr format_kind kind = format_kind::dense;
+  using code_type = T;
+  using element = T;        ///< alias kept for older code
+  using scale_type = float; ///< unused (no scales)
+  static constexpr index_t block_rows = 1;
+  static constexpr index_t group = 1;       ///< K-extent of a scale (1: no scales)
+  static constexpr bool has_scales = false;
+  static constexpr bool has_zero = false;
+  static constexpr bool packed4 = false;
+};
+using f32 = dense<float>;
+using bf16 = dense<moela::bf16>;
+using fp16 = dense<moela::fp16>;
+
+/// Block-scaled FP8 (DeepSeek-V3 checkpoint layout): codes `Code` (fp8_e4m3 or fp8_e5m2), one
+/// float scale per `BR x BC` block, partial edge blocks allowed (their scale covers the valid
+/// part only). Quantizer, per block, in fp32: `amax = max(max|w|, 1e-4)`,
+/// `scale = amax / max(Code)` (448 for E4M3, 57344 for E5M2), `code = Code::saturate(w / scale)`
+/// (IEEE division, round-to-nearest-even, saturating to ±max; NaN stays NaN).
+template <int BR = 128, int BC = 128, class Code = fp8_e4m3>
+struct fp8_block {
+  static_assert(BR > 0 && BC > 0);
+  static_assert(std::is_same_v<Code, fp8_e4m3> || std::is_same_v<Code, fp8_e5m2>,
+                "fp8_block: Code is fp8_e4m3 or fp8_e5m2");
+  static constexpr format_kind kind = format_kind::fp8_block;
+  using code_type = Code;
+  using scale_type = float;
+  static constexpr index_t block_rows = BR;
+  static constexpr index_t group = BC;
+  static constexpr bool has_scales = true;
+  static constexpr bool has_zero = false;
+  static constexpr bool packed4 = false;
+  static constexpr float code_max = float(Code::max());
+};
+/// The E5M2 variant (wider range, one mantissa bit less; not used by DeepSeek checkpoints).
+template <int BR = 128, int BC = 128>
+using fp8_block_e5m2 = fp8_block<BR, BC, fp8_e5m2>;
+
+/// INT8, one scale per output row: `scale = amax(row) / 127`, `code = clamp(rne(w / scale))`.
+/// With a bf16 scale, the scale is rounded to bf16 first and the codes are computed with the
+/// rounded scale (so dequantization uses exactly the stored scale); codes are clamped to ±127.
+template <class Scale = float>
+struct int8_rowwise {
+  static_assert(std::is_same_v<Scale, float> || std::is_same_v<Scale, moela::bf16>);
+  static constexpr format_kind kind = format_kind::int8_rowwise;
+  using code_type = std::int8_t;
+  using scale_type = Scale;
+  static constexpr index_t block_rows = 1;
+  static constexpr index_t group = 0;  ///< 0: the whole row
+  static constexpr bool has_scales = true;
+  static constexpr bool has_zero = false;
+  static constexpr bool packed4 = false;
+};
+
+/// INT8 with one scale per `G` consecutive weights of a row (G must divide K).
+template <int G, class Scale = float>
+struct int8_group {
+  static_assert(G > 0);
+  static_assert(std::is_same_v<Scale, float> || std::is_same_v<Scale, moela::bf16>);
+  static constexpr format_kind kind = format_kind::int8_group;
+  using code_type = std::int8_t;
+  using scale_type = Scale;
+  static constexpr index_t block_rows = 1;
+  static constexpr index_t group = G;
+  static constexpr bool has_scales = true;
+  static constexpr bool has_zero = false;
+  static constexpr bool packed4 = false;
+};
+
+/// 4-bit integers, one scale (and, asymmetric, one uint8 zero point in [0, 15]) per `G`
+/// consecutive weights of a row; G in {32, 64, 128} and G must divide K. Two codes per byte,
+/// element 2i in the low nibble of byte i (moela::int4x2 / uint4x2). Row-major `[N, K/2]`.
+/// Symmetric: `scale = amax / 7`, `code = clamp(rne(w / scale), -8, 7)`.
+/// Asymmetric: `lo = min(min w, 0)`, `hi = max(max w, 0)`, `scale = (hi - lo) / 15`,
+/// `zero = clamp(rne(-lo / scale), 0, 15)`, `code = clamp(rne(w / scale) + zero, 0, 15)`.
+template <int G, int4_zero Z = int4_zero::symmetric, class Scale = float>
+struct int4_group {
+  static_assert(G == 32 || G == 64 || G == 128, "int4_group: G is 32, 64 or 128");
+  static_assert(std::is_same_v<Scale, float> || std::is_same_v<Scale, moela::bf16>);
+  static constexpr format_kind kind = format_kind::int4_group;
+  using code_type = std::uint8_t;  ///< a byte holding two codes
+  using scale_type = Scale;
+  static constexpr index_t block_rows = 1;
+  static constexpr index_t group = G;
+  static constexpr bool has_scales = true;
+  static constexpr bool has_zero = Z == int4_zero::asymmetric;
+  static constexpr bool packed4 = true;
+  static constexpr int4_zero zero_policy = Z;
+};
+/// Shorthand for the asymmetric (zero-point) int4 format.
+template <int G, class Scale = float>
+using int4_group_asym = int4_group<G, int4_zero::asymmetric, Scale>;
+
+/// What every weight format provides.
+template <class F>
+concept weight_format = requires {
+  typename F::code_type;
+  typename F::scale_type;
+  { F::kind } -> std::convertible_to<format_kind>;
+  { F::group } -> std::convertible_to<index_t>;
+  { F::block_rows } -> std::convertible_to<index_t>;
+};
+
+/// Matmul modes (tag types, passed as the last argument of `moela::matmul`).
+namespace mode {
+/// Weight-only quantization: weights are decoded to fp32 in registers / L1, activations stay
+/// fp32 (or bf16 widened to fp32), fp32 accumulation. Most accurate; the default.
+struct fast {};
+/// Quantized activations, the DeepSeek-V3 `gemm_impl="fp8"` numerics: activations quantized to
+/// E4M3 in 1x128 groups (`act_quant`), per 128-wide K block the FP8 x FP8 products are summed in
+/// fp32 and then scaled `acc += (P * a_scale) * w_scale`. Only for `fp8_block<128, 128>` formats.
+struct faithful {};
+}  // namespace mode
+/// `quant::fp8_mode::faithful` / `quant::fp8_mode::fast`: the same tags under the FP8 name.
+namespace fp8_mode = mode;
+
+template <class F>
+concept fp8_format = F::kind == format_kind::fp8_block;
+
+}  // namespace moela::quant
