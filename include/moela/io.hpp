@@ -5,3 +5,4 @@
 #include "moela/io/config.hpp"
 #include "moela/io/safetensors.hpp"
 #include "moela/io/checkpoint.hpp"
+#include "moela/io/weights.hpp"

@@ -204,7 +204,7 @@ constexpr double tol = 1e-4;
 
 TEST_CASE("model: load picks dense then MoE layers, forward matches an independent evaluation") {
   fixture f;
-  io::checkpoint ck(f.dir.string());
+  auto ck = std::make_shared<const io::checkpoint>(f.dir.string());
   auto m = toy_model::load(f.cfg, ck);
   REQUIRE(m.num_layers() == 3);
   CHECK(m.layers()[0].index() == 0);
@@ -253,7 +253,7 @@ TEST_CASE("model: load picks dense then MoE layers, forward matches an independe
 
 TEST_CASE("model: a type without an MoE layer rejects a config with MoE layers") {
   fixture f;
-  io::checkpoint ck(f.dir.string());
+  auto ck = std::make_shared<const io::checkpoint>(f.dir.string());
   using dense_only = model<B, quant::f32, dense_layer>;
   CHECK_THROWS_WITH_AS(dense_only::load(f.cfg, ck), doctest::Contains("layer 1 an MoE layer"), moela::error);
   auto cfg = f.cfg;
@@ -263,7 +263,7 @@ TEST_CASE("model: a type without an MoE layer rejects a config with MoE layers")
 
 TEST_CASE("generate: greedy equals the reference argmax chain; stop tokens, streaming, batches") {
   fixture f;
-  io::checkpoint ck(f.dir.string());
+  auto ck = std::make_shared<const io::checkpoint>(f.dir.string());
   auto m = toy_model::load(f.cfg, ck);
   toy_cache c;
   const std::vector<int> prompt = {0, 4, 6};

@@ -77,7 +77,7 @@ class weight_loader {
     }
     if constexpr (detail::fp8_block_format<Format>) {
       if (e.type == dtype::f8_e4m3 && ckpt_.contains(scale_name(name)) && Format::block_rows == br_ &&
-          Format::group == bc_) {
+          Format::group == bc_ && aligned<float>(ckpt_.at(scale_name(name)))) {
         const auto& s = check_scales(name, rows, cols);
         advance(e.nbytes + s.nbytes);
         stats_.borrowed += e.nbytes + s.nbytes;

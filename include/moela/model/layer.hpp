@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "moela/attention/kv_cache.hpp"
 #include "moela/backend/tags.hpp"
 #include "moela/core/tensor.hpp"
 #include "moela/io/config.hpp"
@@ -26,11 +27,8 @@
 
 namespace moela {
 
-/// New tokens of one sequence in a forward step (same fields as `attn::seq_chunk`).
-struct step_chunk {
-  index_t seq = 0;     ///< sequence slot in the cache
-  index_t tokens = 0;  ///< new tokens this step
-};
+/// New tokens of one sequence in a forward step: `{seq, tokens}` (the KV caches' chunk type).
+using step_chunk = attn::seq_chunk;
 
 /// Called with the name and value of intermediate tensors (`layers.<i>.input`,
 /// `layers.<i>.attn_out`, `layers.<i>.ffn_out`, `layers.<i>.output`, `final_hidden`), rows in

@@ -107,9 +107,13 @@ class model {
   model() = default;
 
   /// Loads every tensor the config names from `ckpt` (see the class comment for layer types).
-  static model load(const io::model_config& c, const io::checkpoint& ckpt, io::progress_bar* progress = nullptr) {
-    io::weight_loader w(ckpt, c.quantization.block_rows, c.quantization.block_cols, progress);
+  /// The model keeps the checkpoint alive: weights used in place point into its mappings.
+  static model load(const io::model_config& c, std::shared_ptr<const io::checkpoint> ckpt,
+                    io::progress_bar* progress = nullptr) {
+    check(ckpt != nullptr, "model::load: no checkpoint");
+    io::weight_loader w(*ckpt, c.quantization.block_rows, c.quantization.block_cols, progress);
     model m;
+    m.ckpt_ = ckpt;
     m.cfg_ = c;
     m.embed_ = embedding::load(w, c, "model.embed_tokens.weight");
     m.layers_.reserve(static_cast<std::size_t>(c.num_hidden_layers));
@@ -142,6 +146,10 @@ class model {
   const qmatrix<HeadFormat>& head() const { return head_; }
   /// What loading used in place and what it converted.
   const io::load_stats& load_stats() const { return stats_; }
+  /// The checkpoint the weights come from (null for models assembled from parts).
+  const io::checkpoint* checkpoint() const { return ckpt_.get(); }
+  /// Bytes of the LM head weights.
+  std::size_t head_bytes() const { return head_.bytes(); }
 
   /// One forward step. `tokens` holds the new tokens of every chunk, concatenated in chunk
   /// order. Appends them to `cache` (committed on success) and writes logits into `logits`
@@ -211,6 +219,7 @@ class model {
     }
   }
 
+  std::shared_ptr<const io::checkpoint> ckpt_;
   io::model_config cfg_;
   embedding embed_;
   std::vector<layer_variant> layers_;
