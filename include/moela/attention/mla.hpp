@@ -26,8 +26,8 @@
 /// Both modes read the keys back from the cache, so they agree to FP32 rounding.
 ///
 /// Absorbed mode keeps, per head, `W_UK(h)^T [kv_rank, nope]` and `W_UV(h) [v, kv_rank]` as
-/// `qmatrix<WeightFormat>` built once from `kv_b_proj` (re-encoded from its dequantised values:
-/// exact for dense formats).
+/// `qmatrix<absorbed_format>` built once from `kv_b_proj`'s dequantised values: WeightFormat
+/// for dense formats, FP32 for quantized ones (exact either way).
 ///
 /// Errors (moela::error, nothing written to the cache): wrong shapes, chunks that do not match
 /// the cache's prepared step, a position at or past `config.rope.max_positions`.
@@ -94,6 +94,10 @@ class mla {
   using arch = typename Backend::arch;
   using weight_format = WeightFormat;
   using cache_format_type = CacheFormat;
+  /// Format of the absorbed per-head W_UK^T / W_UV: WeightFormat for dense formats (exact);
+  /// FP32 for block-quantized ones, because the transposed per-head slices do not follow the
+  /// checkpoint's 128x128 scale blocks and re-quantizing them would add error (spec §12, 11).
+  using absorbed_format = std::conditional_t<WeightFormat::kind == quant::format_kind::dense, WeightFormat, quant::f32>;
 
   /// Validates `cfg` and every weight shape against it; builds the RoPE table for
   /// `cfg.rope.max_positions` positions and the absorbed per-head matrices.
@@ -128,8 +132,8 @@ class mla {
         for (index_t c = 0; c < cfg_.kv_rank; ++c) ukt(c, n) = kvb(h * per + n, c);
       for (index_t j = 0; j < cfg_.v_dim; ++j)
         for (index_t c = 0; c < cfg_.kv_rank; ++c) uv(j, c) = kvb(h * per + cfg_.nope_dim + j, c);
-      wuk_t_.push_back(qmatrix<WeightFormat>::quantize(ukt.cview()));
-      wuv_.push_back(qmatrix<WeightFormat>::quantize(uv.cview()));
+      wuk_t_.push_back(qmatrix<absorbed_format>::quantize(ukt.cview()));
+      wuv_.push_back(qmatrix<absorbed_format>::quantize(uv.cview()));
     }
   }
 
@@ -333,7 +337,7 @@ class mla {
   mla_weights<WeightFormat> w_;
   rope_table rope_;
   float scale_ = 1.f;
-  std::vector<qmatrix<WeightFormat>> wuk_t_, wuv_;
+  std::vector<qmatrix<absorbed_format>> wuk_t_, wuv_;
   // Workspaces (grow only).
   std::vector<index_t> pos_;
   std::vector<float> q_, cq_, lat_, o_, qa_, ol_, rec_, ckv_, kv_;
