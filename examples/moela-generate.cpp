@@ -51,7 +51,7 @@ struct options {
                "  --top-p P            nucleus sampling threshold (default 0.95)\n"
                "  --seed S             random seed (default 42; NumPy default_rng compatible)\n"
                "  --greedy             same as --temperature 0\n"
-               "  --format F           weights: auto (as stored), f32, bf16, fp8, int8, int4 (default auto)\n"
+               "  --format F           weights: auto (as stored), f32, bf16, fp8, int4 (default auto)\n"
                "  --cache C            latent KV cache: f32, bf16, fp8 (default f32)\n"
                "  --threads N          worker threads (default: all cores)\n"
                "  --batch              run all prompts as one batch (per-prompt seeds seed+i)\n"
@@ -262,9 +262,8 @@ int main(int argc, char** argv) {
     if (f == "bf16") return with_cache<moela::quant::bf16>(o, cfg, "bf16");
     if (f == "f32") return with_cache<f32>(o, cfg, "f32");
     if (f == "fp8") return with_cache<fp8_block<128, 128>>(o, cfg, "fp8 (128x128 blocks)");
-    if (f == "int8") return with_cache<int8_rowwise<>>(o, cfg, "int8 (per row)");
     if (f == "int4") return with_cache<int4_group<32>>(o, cfg, "int4 (groups of 32)");
-    moela::fail("moela-generate: --format must be auto, f32, bf16, fp8, int8 or int4, got '", o.format, "'");
+    moela::fail("moela-generate: --format must be auto, f32, bf16, fp8 or int4, got '", o.format, "'");
   } catch (const moela::error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
