@@ -25,9 +25,9 @@
 /// Causal: the query at position p sees keys at positions <= p; scale = softmax_scale().
 /// Both modes read the keys back from the cache, so they agree to FP32 rounding.
 ///
-/// Absorbed mode keeps, per head, `W_UK(h)^T [kv_rank, nope]` and `W_UV(h) [v, kv_rank]` as
-/// `qmatrix<absorbed_format>` built once from `kv_b_proj`'s dequantised values: WeightFormat
-/// for dense formats, FP32 for quantized ones (exact either way).
+/// Absorbed mode keeps, per head, `W_UK(h)^T [kv_rank, nope]` and `W_UV(h) [v, kv_rank]`, built
+/// once from the dequantised `kv_b_proj`: in `WeightFormat` when it is dense (exact), else in
+/// FP32 (`absorb_format`; V3: 64 MiB per layer), so both modes use identical weight values.
 ///
 /// Errors (moela::error, nothing written to the cache): wrong shapes, chunks that do not match
 /// the cache's prepared step, a position at or past `config.rope.max_positions`.
@@ -84,6 +84,12 @@ inline tensor_view<float, 2> ws(std::vector<float>& v, index_t r, index_t c) {
 }
 }  // namespace detail
 
+/// Format of the per-head absorbed matrices: the weight format itself for dense formats, FP32
+/// otherwise (the exact dequantised values, so both modes see the same weights).
+template <class WeightFormat>
+using absorb_format =
+    std::conditional_t<WeightFormat::kind == quant::format_kind::dense, WeightFormat, quant::f32>;
+
 template <class Backend, class WeightFormat, class CacheFormat = cache_bf16>
 class mla {
   static_assert(cpu_backend<Backend>, "attn::mla: only the CPU backend is implemented");
@@ -94,10 +100,7 @@ class mla {
   using arch = typename Backend::arch;
   using weight_format = WeightFormat;
   using cache_format_type = CacheFormat;
-  /// Format of the absorbed per-head W_UK^T / W_UV: WeightFormat for dense formats (exact);
-  /// FP32 for block-quantized ones, because the transposed per-head slices do not follow the
-  /// checkpoint's 128x128 scale blocks and re-quantizing them would add error (spec §12, 11).
-  using absorbed_format = std::conditional_t<WeightFormat::kind == quant::format_kind::dense, WeightFormat, quant::f32>;
+  using absorb_matrix = qmatrix<absorb_format<WeightFormat>>;
 
   /// Validates `cfg` and every weight shape against it; builds the RoPE table for
   /// `cfg.rope.max_positions` positions and the absorbed per-head matrices.
@@ -132,8 +135,8 @@ class mla {
         for (index_t c = 0; c < cfg_.kv_rank; ++c) ukt(c, n) = kvb(h * per + n, c);
       for (index_t j = 0; j < cfg_.v_dim; ++j)
         for (index_t c = 0; c < cfg_.kv_rank; ++c) uv(j, c) = kvb(h * per + cfg_.nope_dim + j, c);
-      wuk_t_.push_back(qmatrix<absorbed_format>::quantize(ukt.cview()));
-      wuv_.push_back(qmatrix<absorbed_format>::quantize(uv.cview()));
+      wuk_t_.push_back(absorb_matrix::quantize(ukt.cview()));
+      wuv_.push_back(absorb_matrix::quantize(uv.cview()));
     }
   }
 
@@ -190,11 +193,27 @@ class mla {
           write_record(cache, layer, c.seq, cache.length(c.seq) + i, lat.data() + t * W, lat.data() + t * W + cfg_.kv_rank);
     }
     auto o = detail::ws(o_, T, H * cfg_.v_dim);
+    attention(cache, layer, chunks, q, o, mode);
+    matmul(out, const_view<float, 2>(o), w_.o_proj);
+  }
+
+  /// The attention proper, between the projections: queries `q [T, H*(nope+rope)]` (RoPE
+  /// applied, as `project_q` writes them) attend over the prepared cache (the new records
+  /// already written) and give the per-head outputs `o [T, H*v]` (heads concatenated, the
+  /// input of `o_proj`).
+  template <kv_cache Cache>
+  void attention(const Cache& cache, index_t layer, std::span<const seq_chunk> chunks, tensor_view<float, 2> q,
+                 tensor_view<float, 2> o, mla_mode mode = mla_mode::absorbed) {
+    const index_t T = q.extent(0);
+    check_step(cache, layer, chunks, T);
+    check(q.extent(1) == cfg_.q_width() && q.is_contiguous(), "mla::attention: q is ", to_string(q.shape()),
+          ", expected contiguous [", T, ", ", cfg_.q_width(), "]");
+    check(o.extent(0) == T && o.extent(1) == cfg_.heads * cfg_.v_dim && o.is_contiguous(), "mla::attention: o is ",
+          to_string(o.shape()), ", expected contiguous [", T, ", ", cfg_.heads * cfg_.v_dim, "]");
     if (mode == mla_mode::absorbed)
       attend_absorbed(cache, layer, chunks, q, o);
     else
       attend_naive(cache, layer, chunks, q, o);
-    matmul(out, const_view<float, 2>(o), w_.o_proj);
   }
 
   /// Queries with RoPE applied: `q [T, H*(nope+rope)]`, per head `[q_nope | q_pe]`.
@@ -337,7 +356,7 @@ class mla {
   mla_weights<WeightFormat> w_;
   rope_table rope_;
   float scale_ = 1.f;
-  std::vector<qmatrix<absorbed_format>> wuk_t_, wuv_;
+  std::vector<absorb_matrix> wuk_t_, wuv_;
   // Workspaces (grow only).
   std::vector<index_t> pos_;
   std::vector<float> q_, cq_, lat_, o_, qa_, ol_, rec_, ckv_, kv_;

@@ -84,8 +84,13 @@ inline std::vector<float> rope_inv_freq(const rope_config& c) {
     const float ramp = std::clamp((static_cast<float>(i) - static_cast<float>(low)) /
                                       (static_cast<float>(high) - static_cast<float>(low)),
                                   0.0f, 1.0f);
-    const float s = static_cast<float>(c.factor);
-    f[static_cast<std::size_t>(i)] = (th / s) * ramp + th * (1.0f - ramp);
+    // As REF-V3 writes it: smooth = 1 - ramp, then (th / s) * (1 - smooth) + th * smooth, every
+    // step rounded to FP32 (volatile keeps the compiler from contracting the products into an
+    // FMA, which would move some frequencies by one ulp).
+    const float s = static_cast<float>(c.factor), smooth = 1.0f - ramp;
+    const volatile float interp = (th / s) * (1.0f - smooth);
+    const volatile float extrap = th * smooth;
+    f[static_cast<std::size_t>(i)] = interp + extrap;
   }
   return f;
 }
@@ -146,6 +151,19 @@ class rope_table {
       const float a = u[2 * i], b = u[2 * i + 1];
       u[2 * i] = a * c[i] - b * s[i];
       u[2 * i + 1] = a * s[i] + b * c[i];
+    }
+  }
+
+  /// NeoX / Llama "rotate half" pairing `(u[i], u[i + dim/2])`, same angles (for standard
+  /// attention models; DeepSeek MLA never uses it).
+  void rotate_half(float* u, index_t p) const {
+    const float* c = cos_row(p);
+    const float* s = sin_row(p);
+    const index_t half = cfg_.dim / 2;
+    for (index_t i = 0; i < half; ++i) {
+      const float a = u[i], b = u[i + half];
+      u[i] = a * c[i] - b * s[i];
+      u[i + half] = a * s[i] + b * c[i];
     }
   }
 
