@@ -18,11 +18,14 @@
 /// naming the file, the tensor and both shapes. An optional progress_bar advances by the bytes
 /// of every tensor read.
 
+#include <cmath>
 #include <concepts>
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "moela/io/checkpoint.hpp"
+#include "moela/backend/cpu/parallel_for.hpp"
 #include "moela/quant.hpp"
 
 namespace moela::io {
@@ -44,27 +47,48 @@ concept fp8_block_format = requires {
 } && std::is_same_v<typename F::code_type, moela::fp8_e4m3> && F::has_scales;
 }  // namespace detail
 
+/// Asks a weight_loader for random weights instead of a checkpoint (benchmarks, examples).
+struct random_weights {
+  std::uint64_t seed = 1;
+};
+
 class weight_loader {
  public:
   /// `block_rows x block_cols` is the FP8 block shape of the checkpoint (quantization_config).
   explicit weight_loader(const checkpoint& ckpt, index_t block_rows = 128, index_t block_cols = 128,
                          progress_bar* progress = nullptr)
-      : ckpt_(ckpt), br_(block_rows), bc_(block_cols), progress_(progress) {}
+      : ckpt_(&ckpt), br_(block_rows), bc_(block_cols), progress_(progress) {}
 
-  const checkpoint& source() const { return ckpt_; }
+  /// Random weights of the requested shapes: every linear weight uniform with variance
+  /// 1/cols (so activations keep their scale through the layers), norm weights 1, biases 0.
+  /// Deterministic for a seed and tensor name; converted to the requested format like a
+  /// checkpoint tensor that is not stored in it.
+  explicit weight_loader(random_weights r) : seed_(r.seed) {}
+
+  bool is_random() const { return ckpt_ == nullptr; }
+  const checkpoint& source() const {
+    check(ckpt_ != nullptr, "weight_loader: random weights have no checkpoint");
+    return *ckpt_;
+  }
   const load_stats& stats() const { return stats_; }
 
   /// True when `name` is stored as FP8 with a `weight_scale_inv` sibling.
   bool is_fp8(const std::string& name) const {
-    return ckpt_.at(name).type == dtype::f8_e4m3 && ckpt_.contains(scale_name(name));
+    return ckpt_ && ckpt_->at(name).type == dtype::f8_e4m3 && ckpt_->contains(scale_name(name));
   }
 
   /// A linear weight `[rows, cols]` in `Format` (borrowed where stored in Format, else converted).
   template <class Format>
   qmatrix<Format> matrix(const std::string& name, index_t rows, index_t cols) {
+    using Q = qmatrix<Format>;
+    if (!ckpt_) {
+      ++stats_.tensors;
+      auto f = random_matrix(name, rows, cols);
+      return Q::quantize(f.cview());
+    }
+    const auto& ckpt_ = *this->ckpt_;
     const auto& e = ckpt_.expect(name, {rows, cols});
     ++stats_.tensors;
-    using Q = qmatrix<Format>;
     if constexpr (requires { typename Format::code_type; }) {
       using code = typename Format::code_type;
       if constexpr (requires(const_view<code, 2> v) { Q::borrow(v); } && !detail::fp8_block_format<Format>) {
@@ -90,18 +114,25 @@ class weight_loader {
 
   /// FP32 copy of a 2-D tensor `[rows, cols]`, FP8 weights dequantized exactly.
   tensor<float, 2> floats(const std::string& name, index_t rows, index_t cols) {
-    ckpt_.expect(name, {rows, cols});
+    if (!ckpt_) return ++stats_.tensors, random_matrix(name, rows, cols);
+    ckpt_->expect(name, {rows, cols});
     ++stats_.tensors;
     return floats_impl(name, rows, cols);
   }
 
   /// FP32 copy of a 1-D tensor of length n.
   tensor<float, 1> vector(const std::string& name, index_t n) {
-    const auto& e = ckpt_.expect(name, {n});
     ++stats_.tensors;
+    if (!ckpt_) {
+      tensor<float, 1> v({n});
+      const bool norm = name.find("norm") != std::string::npos, bias = name.find("bias") != std::string::npos;
+      for (index_t i = 0; i < n; ++i) v(i) = norm ? 1.f : bias ? 0.f : 0.f;
+      return v;
+    }
+    const auto& e = ckpt_->expect(name, {n});
     advance(e.nbytes);
     stats_.converted += e.nbytes;
-    return ckpt_.to_float<1>(name);
+    return ckpt_->to_float<1>(name);
   }
 
   static std::string scale_name(const std::string& weight) { return weight + "_scale_inv"; }
@@ -112,7 +143,28 @@ class weight_loader {
     return reinterpret_cast<std::uintptr_t>(e.data) % alignof(T) == 0;
   }
 
+  tensor<float, 2> random_matrix(const std::string& name, index_t rows, index_t cols) const {
+    std::uint64_t h = 1469598103934665603ull ^ seed_;
+    for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+    tensor<float, 2> w({rows, cols});
+    const float a = std::sqrt(3.0f / static_cast<float>(cols));  // uniform(-a, a) has variance 1/cols
+    parallel_for(rows, [&](index_t r0, index_t r1) {
+      for (index_t r = r0; r < r1; ++r) {
+        std::uint64_t x = h + static_cast<std::uint64_t>(r) * 0x9e3779b97f4a7c15ull;
+        float* o = &w(r, 0);
+        for (index_t c = 0; c < cols; ++c) {
+          x ^= x << 13;  // xorshift64
+          x ^= x >> 7;
+          x ^= x << 17;
+          o[c] = a * (static_cast<float>(x >> 40) * (2.0f / 16777216.0f) - 1.0f);
+        }
+      }
+    });
+    return w;
+  }
+
   const tensor_entry& check_scales(const std::string& name, index_t rows, index_t cols) const {
+    const auto& ckpt_ = *this->ckpt_;
     const std::string sn = scale_name(name);
     const index_t sr = (rows + br_ - 1) / br_, sc = (cols + bc_ - 1) / bc_;
     const auto& s = ckpt_.expect(sn, {sr, sc});
@@ -122,6 +174,7 @@ class weight_loader {
   }
 
   tensor<float, 2> floats_impl(const std::string& name, index_t rows, index_t cols) {
+    const auto& ckpt_ = *this->ckpt_;
     const auto& e = ckpt_.at(name);
     if (e.type == dtype::f8_e4m3 || e.type == dtype::f8_e5m2) {
       const std::string sn = scale_name(name);
@@ -148,9 +201,10 @@ class weight_loader {
     if (progress_) progress_->step(n);
   }
 
-  const checkpoint& ckpt_;
-  index_t br_, bc_;
-  progress_bar* progress_;
+  const checkpoint* ckpt_ = nullptr;
+  index_t br_ = 128, bc_ = 128;
+  progress_bar* progress_ = nullptr;
+  std::uint64_t seed_ = 1;
   load_stats stats_;
 };
 

@@ -55,6 +55,13 @@ inline io::model_config apply_options(io::model_config c, const load_options& o)
   return c;
 }
 
+/// Builds `Model` for config `c` with random weights (benchmarks, examples, tests).
+template <class Model>
+Model random_model(const io::model_config& c, std::uint64_t seed = 1) {
+  io::weight_loader w(io::random_weights{seed});
+  return Model::build(c, w);
+}
+
 /// Loads `Model` from a Hugging Face checkpoint directory (see the file comment).
 template <class Model>
 Model load_model(const std::string& dir, const load_options& o = {}) {
@@ -64,16 +71,20 @@ Model load_model(const std::string& dir, const load_options& o = {}) {
   return Model::load(cfg, ckpt, o.progress && bar.enabled() ? &bar : nullptr);
 }
 
-/// The cache format of a model type (from its first layer's attention).
+/// The attention part of a model type (its first layer type's).
 template <class Model>
-using model_cache_format = typename std::variant_alternative_t<0, typename Model::layer_variant>::attention_type::cache_format;
+using model_attention = typename std::variant_alternative_t<0, typename Model::layer_variant>::attention_type;
+/// The cache format of a model type.
+template <class Model>
+using model_cache_format = typename model_attention<Model>::cache_format;
 
-/// A paged latent cache for every layer of `m`, room for `tokens` tokens over all sequences.
+/// A paged KV cache for every layer of `m` (latent records for MLA, K and V for standard
+/// attention), room for `tokens` tokens over all sequences.
 template <class Model>
 attn::paged_cache<model_cache_format<Model>> make_cache(const Model& m, index_t tokens,
                                                         index_t page_size = attn::paged_cache<model_cache_format<Model>>::default_page_size) {
   const auto& c = m.config();
-  attn::cache_layout layout{c.kv_lora_rank, c.qk_rope_head_dim, c.num_hidden_layers};
+  const attn::cache_layout layout = model_attention<Model>::cache_layout(c);
   const index_t pages = (tokens + page_size - 1) / page_size;
   return attn::paged_cache<model_cache_format<Model>>(layout, pages, page_size, c.max_position_embeddings);
 }

@@ -55,7 +55,19 @@ class embedding {
   }
   explicit embedding(const_view<moela::bf16, 2> table) : bf16_(table), rows_(table.extent(0)), cols_(table.extent(1)) {}
 
+  explicit embedding(tensor<moela::bf16, 2> table) : own_bf16_(std::move(table)) {
+    bf16_ = own_bf16_.cview();
+    rows_ = bf16_.extent(0);
+    cols_ = bf16_.extent(1);
+  }
+
   static embedding load(io::weight_loader& w, const io::model_config& c, const std::string& name) {
+    if (w.is_random()) {
+      const auto f = w.floats(name, c.vocab_size, c.hidden_size);
+      tensor<moela::bf16, 2> b({c.vocab_size, c.hidden_size});
+      for (index_t i = 0; i < f.size(); ++i) b.data()[i] = moela::bf16(f.data()[i]);
+      return embedding(std::move(b));
+    }
     const auto& e = w.source().expect(name, {c.vocab_size, c.hidden_size});
     if (e.type == io::dtype::bf16 && reinterpret_cast<std::uintptr_t>(e.data) % 2 == 0)
       return embedding(w.source().view<moela::bf16, 2>(name));
@@ -66,7 +78,7 @@ class embedding {
   index_t hidden() const { return cols_; }
   /// Bytes of the table (borrowed or owned).
   std::size_t bytes() const { return f32_.empty() ? static_cast<std::size_t>(rows_ * cols_) * 2 : f32_.bytes(); }
-  bool borrowed() const { return f32_.empty(); }
+  bool borrowed() const { return f32_.empty() && own_bf16_.empty(); }
 
   /// Row `token` as FP32 into `out` [hidden].
   void lookup(index_t token, float* out) const {
@@ -81,6 +93,7 @@ class embedding {
 
  private:
   tensor<float, 2> f32_;
+  tensor<moela::bf16, 2> own_bf16_;
   const_view<moela::bf16, 2> bf16_;
   index_t rows_ = 0, cols_ = 0;
 };
@@ -112,8 +125,14 @@ class model {
                     io::progress_bar* progress = nullptr) {
     check(ckpt != nullptr, "model::load: no checkpoint");
     io::weight_loader w(*ckpt, c.quantization.block_rows, c.quantization.block_cols, progress);
-    model m;
+    model m = build(c, w);
     m.ckpt_ = ckpt;
+    return m;
+  }
+
+  /// Builds every part through `w` (a checkpoint loader, or `io::random_weights`).
+  static model build(const io::model_config& c, io::weight_loader& w) {
+    model m;
     m.cfg_ = c;
     m.embed_ = embedding::load(w, c, "model.embed_tokens.weight");
     m.layers_.reserve(static_cast<std::size_t>(c.num_hidden_layers));

@@ -124,6 +124,11 @@ class mla_attention {
     return mla_attention(impl_type(m, std::move(mw)));
   }
 
+  /// Cache records of this attention for config `c`: `[kv_lora_rank | qk_rope_head_dim]`.
+  static attn::cache_layout cache_layout(const io::model_config& c) {
+    return {c.kv_lora_rank, c.qk_rope_head_dim, c.num_hidden_layers};
+  }
+
   template <class Cache>
   void forward(tensor_view<float, 2> y, const_view<float, 2> x, Cache& cache, index_t layer,
                std::span<const step_chunk> chunks) {
@@ -138,6 +143,57 @@ class mla_attention {
  private:
   impl_type impl_;
   attn::mla_mode mode_ = attn::mla_mode::absorbed;
+};
+
+/// Standard multi-head attention with grouped K/V heads (attn::gqa), for models that mix a
+/// conventional attention with DeepSeek's FFNs. From a config: heads = num_attention_heads,
+/// kv_heads = num_key_value_heads, head_dim = hidden_size / heads, RoPE over the whole head
+/// (NeoX half pairing), rope_theta; tensors `self_attn.{q,k,v,o}_proj.weight`. Its cache holds
+/// K and V: 2 x kv_heads x head_dim values per token and layer.
+template <class Backend, class Format, class CacheFormat = attn::cache_bf16>
+class gqa_attention {
+ public:
+  using impl_type = attn::gqa<Backend, Format, CacheFormat>;
+  using cache_format = CacheFormat;
+  explicit gqa_attention(impl_type impl) : impl_(std::move(impl)) {}
+
+  static attn::gqa_config to_gqa_config(const io::model_config& c) {
+    attn::gqa_config g;
+    g.hidden = c.hidden_size;
+    g.heads = c.num_attention_heads;
+    g.kv_heads = c.num_key_value_heads > 0 ? c.num_key_value_heads : c.num_attention_heads;
+    check(c.hidden_size % c.num_attention_heads == 0, "gqa_attention: hidden_size (", c.hidden_size,
+          ") is not a multiple of num_attention_heads (", c.num_attention_heads, ")");
+    g.head_dim = c.hidden_size / c.num_attention_heads;
+    g.rope.dim = g.head_dim;
+    g.rope.theta = c.rope_theta;
+    g.rope.max_positions = c.max_position_embeddings;
+    g.pairing = attn::rope_pairing::half;
+    g.validate();
+    return g;
+  }
+  static attn::cache_layout cache_layout(const io::model_config& c) {
+    return to_gqa_config(c).layout(c.num_hidden_layers);
+  }
+  /// `prefix` = `model.layers.<i>.self_attn`.
+  static gqa_attention load(io::weight_loader& w, const io::model_config& c, const std::string& prefix) {
+    const auto g = to_gqa_config(c);
+    const index_t q = g.heads * g.head_dim, kv = g.kv_heads * g.head_dim;
+    attn::gqa_weights<Format> gw{w.matrix<Format>(prefix + ".q_proj.weight", q, g.hidden),
+                                 w.matrix<Format>(prefix + ".k_proj.weight", kv, g.hidden),
+                                 w.matrix<Format>(prefix + ".v_proj.weight", kv, g.hidden),
+                                 w.matrix<Format>(prefix + ".o_proj.weight", g.hidden, q)};
+    return gqa_attention(impl_type(g, std::move(gw)));
+  }
+  template <class Cache>
+  void forward(tensor_view<float, 2> y, const_view<float, 2> x, Cache& cache, index_t layer,
+               std::span<const step_chunk> chunks) {
+    impl_.forward_layer(cache, layer, chunks, x, y);
+  }
+  impl_type& impl() { return impl_; }
+
+ private:
+  impl_type impl_;
 };
 
 /// The dense SwiGLU MLP of the first `first_k_dense_replace` layers (width intermediate_size).
@@ -180,9 +236,11 @@ class moe_mlp {
     mw.gate = w.floats(prefix + ".gate.weight", E, D);
     if (m.has_bias()) {
       const std::string b = prefix + ".gate.e_score_correction_bias";
-      const auto& e = w.source().at(b);
-      check(e.type == io::dtype::f32, "checkpoint: '", w.source().file_of(b).path(), "' tensor '", b, "' is ",
-            io::dtype_name(e.type), "; the routing bias must be F32 (rounding it changes the routing)");
+      if (!w.is_random()) {
+        const auto& e = w.source().at(b);
+        check(e.type == io::dtype::f32, "checkpoint: '", w.source().file_of(b).path(), "' tensor '", b, "' is ",
+              io::dtype_name(e.type), "; the routing bias must be F32 (rounding it changes the routing)");
+      }
       mw.bias = w.vector(b, E);
     }
     auto swiglu = [&](const std::string& p, index_t inter) {
