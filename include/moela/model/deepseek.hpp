@@ -78,6 +78,12 @@ using model_attention = typename std::variant_alternative_t<0, typename Model::l
 template <class Model>
 using model_cache_format = typename model_attention<Model>::cache_format;
 
+/// Loads a DeepSeek checkpoint with BF16 weights (converted where stored otherwise) and a BF16
+/// latent cache: the one-line entry point.
+inline deepseek_model<quant::bf16, attn::cache_bf16> load_model(const std::string& dir, const load_options& o = {}) {
+  return load_model<deepseek_model<quant::bf16, attn::cache_bf16>>(dir, o);
+}
+
 /// A paged KV cache for every layer of `m` (latent records for MLA, K and V for standard
 /// attention), room for `tokens` tokens over all sequences.
 template <class Model>

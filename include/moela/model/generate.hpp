@@ -146,4 +146,26 @@ generate_result generate_batch(Model& m, Cache& cache, std::span<const std::vect
   return detail::run_generation(m, cache, prompts, o, std::span<sampler*>(ptr));
 }
 
+// Helpers of model::generate (found by argument-dependent lookup when the member is instantiated).
+template <class Model, class OnToken>
+generate_options make_generate_options(const Model& m, index_t max_new_tokens, OnToken& on_token) {
+  generate_options o;
+  o.max_new_tokens = max_new_tokens;
+  for (auto e : m.config().eos_token_ids) o.stop_tokens.push_back(static_cast<int>(e));
+  o.on_token = [&on_token](index_t, int t) { return static_cast<bool>(on_token(t)); };
+  return o;
+}
+template <class Model>
+sampler make_sampler(const Model&, const sampling_params& p) {
+  return sampler(p);
+}
+template <class Model, class Cache>
+std::vector<int> generate_one(Model& m, Cache& cache, const std::vector<int>& prompt, const generate_options& o,
+                              sampler& s) {
+  return generate(m, cache, prompt, o, s).tokens[0];
+}
+
+/// `moela::sampling` is the parameter struct of the sampler.
+using sampling = sampling_params;
+
 }  // namespace moela

@@ -170,6 +170,22 @@ class model {
   /// Bytes of the LM head weights.
   std::size_t head_bytes() const { return head_.bytes(); }
 
+  /// Convenience generation for one prompt with a cache made for the call (see generate.hpp
+  /// for the cache-reusing, batched and stats-returning forms): samples up to `max_new_tokens`
+  /// tokens with `sampling`, stops at the config's EOS ids, calls `on_token(token)` for each
+  /// (return false to stop) and returns the generated tokens.
+  template <class Sampling, class OnToken>
+  std::vector<int> generate(const std::vector<int>& prompt, index_t max_new_tokens, const Sampling& sampling,
+                            OnToken&& on_token) {
+    using attention = typename detail::first_of<Layers...>::type::attention_type;
+    using cache_type = attn::paged_cache<typename attention::cache_format>;
+    const index_t need = static_cast<index_t>(prompt.size()) + max_new_tokens;
+    cache_type cache(attention::cache_layout(cfg_), (need + 63) / 64, 64, cfg_.max_position_embeddings);
+    auto o = make_generate_options(*this, max_new_tokens, on_token);
+    auto smp = make_sampler(*this, sampling);
+    return generate_one(*this, cache, prompt, o, smp);
+  }
+
   /// One forward step. `tokens` holds the new tokens of every chunk, concatenated in chunk
   /// order. Appends them to `cache` (committed on success) and writes logits into `logits`
   /// (resized: [chunks, vocab] for `last`, [tokens, vocab] for `all`).
