@@ -62,6 +62,8 @@ template <class F>
 inline constexpr float load8_rescale = std::is_same_v<typename F::code_type, fp8_e4m3> ? 256.0f : 1.0f;
 
 /// y[m, n] for n in [n0, n1), m < M, fast mode, formats other than int4. `x` rows have stride ldx.
+/// Roofline: streams (n1 - n0) * K code bytes (+ scales) once; 2 * M FLOPs per weight; x (4*M*K
+/// bytes) stays in L1/L2. R rows at a time share each x load (R*M independent FMA chains).
 template <class F, int M>
 void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, index_t n1, float* y, index_t ldy) {
   using namespace quant;
@@ -135,6 +137,8 @@ inline void int4_prepare_x(const float* x, index_t K, index_t G, float* xp, floa
   }
 }
 
+/// Roofline: streams K/2 code bytes + K/G scales (+ zeros) per row; 2 * M FLOPs per weight plus
+/// one FMA per 64 weights for the scales and K/G scalar FMAs per row for the offsets.
 /// y[m, n] for n in [n0, n1), int4 formats. `xp` = int4_prepare_x'd rows (stride ldx), `xsum`
 /// rows of K/G group sums (stride K/G). Codes are taken as unsigned u (signed codes: u = c + 8,
 /// by flipping bit 3 of every nibble), so w = (u - z) * s with z = 8 or the zero point, and
