@@ -288,7 +288,7 @@ void bench_moe(index_t T, index_t D, index_t I, int E, int k) {
           device_view<const float, 1>(bias.view()), rp);
     moe_experts(tag{}, y.view(), device_view<const float, 2>(x.view()), device_view<const int, 2>(ids.view()),
                 device_view<const float, 2>(weights.view()), w1.view(), w3.view(), w2.view(), plan,
-                gpu::default_stream(), pool);
+                quant::mode::faithful{}, gpu::default_stream(), pool);
   });
   const double flop = 2.0 * T * k * 3 * D * I;
   std::printf("moe layer fp8 T=%ld D=%ld I=%ld E=%d k=%d  %9.3f ms  %7.2f TFLOP/s\n", T, D, I, E, k, ms,

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "moela/backend/cuda.cuh"
+#include "moela/moela.hpp"
 
 using namespace moela;
 using gpu::device_view;
@@ -88,7 +89,7 @@ TEST_CASE("cuda: rmsnorm, softmax, swiglu and rope against float64") {
     double ss = 0;
     for (index_t j = 0; j < n; ++j) ss += double(x(r, j)) * x(r, j);
     const double f = 1.0 / std::sqrt(ss / n + 1e-6);
-    for (index_t j = 0; j < n; ++j) want[r * n + j] = double(w(0, j)) * x(r, j) * f;
+    for (index_t j = 0; j < n; ++j) want[r * n + j] = double(x(r, j)) * f * w(0, j);
   }
   // fp32 sum of 1000 squares (tree order) and two products: relative 1e-5 of the row scale.
   CHECK(max_err(y, want) <= 1e-5 * 4);
@@ -204,7 +205,7 @@ TEST_CASE("cuda: FP8 block-scaled matmul with 1x128 activation groups against fl
   for (bool tc : {false, true}) {
     CAPTURE(tc);
     gpu::set_tensor_cores(tc);
-    matmul(tag{}, dy.view(), cv(dx), w.view());
+    matmul(tag{}, dy.view(), cv(dx), w.view(), quant::mode::faithful{});
     auto y = gpu::to_host(cv(dy));
     // CUDA cores: fp32 partials of <= 128 products and 3 promotions: <= 140 * 2^-24 * Σ|terms|.
     // Tensor cores: the products are exact but the FP8 MMA accumulates with reduced precision
@@ -216,6 +217,51 @@ TEST_CASE("cuda: FP8 block-scaled matmul with 1x128 activation groups against fl
     CHECK(bad == 0);
   }
   gpu::set_tensor_cores(true);
+
+  // Fast mode: fp32 activations times the decoded weights, per-group weight scale.
+  matmul(tag{}, dy.view(), cv(dx), w.view());
+  auto yf = gpu::to_host(cv(dy));
+  int bad = 0;
+  for (index_t m = 0; m < M; ++m)
+    for (index_t n = 0; n < N; ++n) {
+      double acc = 0, a = 0;
+      for (index_t k = 0; k < K; ++k) {
+        const double t = double(x(m, k)) * double(float(wq.codes(n, k))) * wq.scales(n / 128, k / 128);
+        acc += t;
+        a += std::fabs(t);
+      }
+      bad += std::fabs(yf(m, n) - acc) > 140 * std::ldexp(1.0, -24) * a + 1e-30;  // as above, fp32 FMAs
+    }
+  CHECK(bad == 0);
+}
+
+TEST_CASE("cuda: weights uploaded from the CPU backend's qmatrix give the CPU's dequantized product") {
+  const index_t M = 9, N = 130, K = 256;
+  auto x = random2(M, K, 50);
+  auto wf = random2(N, K, 51, 0.1f);
+  auto dx = gpu::to_device(x);
+  gpu::device_tensor<float, 2> dy({M, N});
+  auto run = [&](const auto& q) {
+    auto w = gpu::upload(q);
+    matmul(tag{}, dy.view(), cv(dx), w.view());
+    auto y = gpu::to_host(cv(dy));
+    const auto wd = q.dequantize();  // the CPU backend's exact dequantized weights
+    int bad = 0;
+    for (index_t m = 0; m < M; ++m)
+      for (index_t n = 0; n < N; ++n) {
+        double acc = 0, a = 0;
+        for (index_t k = 0; k < K; ++k) {
+          acc += double(x(m, k)) * wd(n, k);
+          a += std::fabs(double(x(m, k)) * wd(n, k));
+        }
+        bad += std::fabs(y(m, n) - acc) > 300 * std::ldexp(1.0, -24) * a + 1e-30;  // fp32 FMA chains
+      }
+    CHECK(bad == 0);
+  };
+  run(qmatrix<quant::fp8_block<128, 128>>::quantize(wf.cview()));
+  run(qmatrix<quant::int8_group<64>>::quantize(wf.cview()));
+  run(qmatrix<quant::int4_group<32>>::quantize(wf.cview()));
+  run(qmatrix<quant::bf16>::quantize(wf.cview()));
 }
 
 TEST_CASE("cuda: grouped FP8 expert GEMM equals per-expert matmul row for row") {
@@ -242,7 +288,7 @@ TEST_CASE("cuda: grouped FP8 expert GEMM equals per-expert matmul row for row") 
   plan_dispatch(tag{}, plan, cv(dids));
   gpu::device_tensor<float, 2> xs({T * k, D}), ys({T * k, N});
   dispatch(tag{}, xs.view(), cv(dx), plan);
-  grouped_matmul(tag{}, ys.view(), cv(xs), w.view(), plan);
+  grouped_matmul(tag{}, ys.view(), cv(xs), w.view(), plan, quant::mode::faithful{});
   auto hys = gpu::to_host(cv(ys));
   tensor<int, 2> slot({T, k});
   gpu::copy(slot.view(), device_view<const int, 2>(plan.slot.view()).slice(0, 0, T));
@@ -250,7 +296,7 @@ TEST_CASE("cuda: grouped FP8 expert GEMM equals per-expert matmul row for row") 
   for (int e = 0; e < E; ++e) {
     auto we = gpu::upload_fp8_block<2>(per[e].codes.cview(), per[e].scales.cview());
     gpu::device_tensor<float, 2> ye({T, N});
-    matmul(tag{}, ye.view(), cv(dx), we.view());
+    matmul(tag{}, ye.view(), cv(dx), we.view(), quant::mode::faithful{});
     auto hy = gpu::to_host(cv(ye));
     int mismatches = 0;
     for (index_t t = 0; t < T; ++t)
@@ -383,7 +429,7 @@ TEST_CASE("cuda: MoE dispatch, grouped expert SwiGLU and combine against float64
   gpu::caching_allocator pool;
   gpu::moe_plan plan(E, k, T, pool);
   moe_experts(tag{}, dy.view(), cv(dx), cv(dids), cv(dw), d1.view(), d3.view(), d2.view(), plan,
-              gpu::default_stream(), pool);
+              quant::mode::fast{}, gpu::default_stream(), pool);
   auto y = gpu::to_host(cv(dy));
   std::vector<double> want(T * D, 0.0);
   double scale = 0;
@@ -546,11 +592,114 @@ TEST_CASE("cuda: bad shapes throw moela::error naming the op") {
   gpu::device_tensor<float, 2> a({4, 8}), b({4, 9});
   gpu::device_tensor<float, 1> w({8});
   try {
-    rmsnorm(tag{}, b.view(), cv(a), cv(w));
+    rmsnorm(tag{}, b.view(), cv(a), cv(w), 1e-6f);
     FAIL("no error");
   } catch (const moela::error& e) {
     CHECK(std::string(e.what()).find("rmsnorm") != std::string::npos);
     CHECK(std::string(e.what()).find("[4, 8]") != std::string::npos);
+  }
+}
+
+TEST_CASE("cuda: ops agree with the CPU backend on the same inputs") {
+  // rmsnorm, softmax, swiglu: same formulas in fp32, different summation orders: the outputs
+  // agree to a few fp32 ulp of the row's scale.
+  const index_t R = 6, n = 777;
+  auto x = random2(R, n, 60);
+  auto w1 = random2(1, n, 61);
+  tensor<float, 1> w({n});
+  for (index_t j = 0; j < n; ++j) w(j) = w1(0, j);
+  auto dx = gpu::to_device(x);
+  auto dw = gpu::to_device(w);
+  gpu::device_tensor<float, 2> dy({R, n});
+  tensor<float, 2> cpu_y({R, n});
+  auto close = [](const tensor<float, 2>& a, const tensor<float, 2>& b, double tol) {
+    double e = 0;
+    for (index_t i = 0; i < a.size(); ++i) e = std::max(e, std::fabs(double(a.flat()[i]) - b.flat()[i]));
+    return e <= tol;
+  };
+  rmsnorm(tag{}, dy.view(), cv(dx), cv(dw), 1e-6f);
+  moela::rmsnorm(cpu_y.view(), x.cview(), w.cview(), 1e-6f);
+  CHECK(close(gpu::to_host(cv(dy)), cpu_y, 4e-5));
+
+  rmsnorm(tag{}, dx.view(), cv(dw), 1e-6f);  // in place
+  CHECK(close(gpu::to_host(cv(dx)), cpu_y, 4e-5));
+
+  dx = gpu::to_device(x);
+  softmax(tag{}, dx.view());
+  tensor<float, 2> sm = x;
+  moela::softmax(sm.view());
+  CHECK(close(gpu::to_host(cv(dx)), sm, 1e-6));
+
+  auto g = random2(R, n, 62);
+  auto dg = gpu::to_device(g);
+  dx = gpu::to_device(x);
+  swiglu(tag{}, dy.view(), cv(dx), cv(dg));
+  swiglu(cpu<>{}, cpu_y.view(), x.cview(), g.cview());
+  CHECK(close(gpu::to_host(cv(dy)), cpu_y, 1e-5));
+
+  // matmul, fast and faithful, on CPU-backend weights.
+  const index_t M = 12, N = 160, K = 384;
+  auto xm = random2(M, K, 63);
+  auto wm = random2(N, K, 64, 0.05f);
+  auto q = qmatrix<quant::fp8_block<128, 128>>::quantize(wm.cview());
+  auto dq = gpu::upload(q);
+  auto dxm = gpu::to_device(xm);
+  gpu::device_tensor<float, 2> dym({M, N});
+  tensor<float, 2> cy({M, N});
+  double scale = 0;
+  moela::matmul(cy.view(), xm.cview(), q);
+  for (float v : cy.flat()) scale = std::max(scale, double(std::fabs(v)));
+  matmul(tag{}, dym.view(), cv(dxm), dq.view());
+  CHECK(close(gpu::to_host(cv(dym)), cy, 1e-5 * scale));
+  moela::matmul(cy.view(), xm.cview(), q, quant::mode::faithful{});
+  for (bool tc : {false, true}) {
+    gpu::set_tensor_cores(tc);
+    matmul(tag{}, dym.view(), cv(dxm), dq.view(), quant::mode::faithful{});
+    // Same activation codes and scales on both sides; the tensor-core partials carry the FP8
+    // MMA's accumulation precision (see the FP8 test): 2^-10 of the output scale.
+    CHECK(close(gpu::to_host(cv(dym)), cy, (tc ? std::ldexp(1.0, -10) : 1e-5) * scale));
+  }
+  gpu::set_tensor_cores(true);
+
+  // The router against moe::select_experts, V3 (sigmoid, noaux_tc) and V2 (softmax, max groups).
+  for (int variant = 0; variant < 2; ++variant) {
+    CAPTURE(variant);
+    moe::moe_config c;
+    c.hidden_size = 64;
+    c.n_routed_experts = variant == 0 ? 256 : 160;
+    c.num_experts_per_tok = variant == 0 ? 8 : 6;
+    c.n_group = 8;
+    c.topk_group = variant == 0 ? 4 : 3;
+    c.scoring_func = variant == 0 ? moe::score_fn::sigmoid : moe::score_fn::softmax;
+    c.topk_method = variant == 0 ? moe::topk_rule::noaux_tc : moe::topk_rule::group_limited_greedy;
+    c.norm_topk_prob = variant == 0;
+    c.routed_scaling_factor = variant == 0 ? 2.5f : 16.f;
+    const index_t T = 200, E = c.n_routed_experts, k = c.num_experts_per_tok;
+    auto logits = random2(T, E, 65 + variant, 2.f);
+    tensor<float, 1> bias({variant == 0 ? E : 0});
+    std::mt19937 rng(67);
+    std::uniform_real_distribution<float> ub(0.f, 0.25f);
+    for (auto& b : bias.flat()) b = ub(rng);
+    moe::routing r;
+    moe::with_policies(c, [&](auto scoring, auto group) {
+      moe::select_experts<decltype(scoring), decltype(group)>(c, logits.cview(), bias.flat(), r);
+    });
+    auto dl = gpu::to_device(logits);
+    auto db = gpu::to_device(bias);
+    gpu::device_tensor<int, 2> ids({T, k});
+    gpu::device_tensor<float, 2> wt({T, k});
+    route(tag{}, ids.view(), wt.view(), cv(dl), cv(db), gpu::router_params_of(c));
+    auto hid = gpu::to_host(cv(ids));
+    auto hw = gpu::to_host(cv(wt));
+    int same = 0;
+    for (index_t t = 0; t < T; ++t) {
+      bool eq = true;
+      for (index_t j = 0; j < k; ++j) eq = eq && hid(t, j) == r.topk_idx(t, j);
+      same += eq;
+      if (eq)
+        for (index_t j = 0; j < k; ++j) CHECK(std::fabs(hw(t, j) - r.topk_weight(t, j)) <= 1e-5f * std::fabs(r.topk_weight(t, j)));
+    }
+    CHECK(same >= T - 2);  // exp differs by an ulp between the two: only near-ties may differ
   }
 }
 

@@ -77,7 +77,7 @@ TEST_CASE("cuda tiles: RMSNorm reduction over strided threads equals float64") {
     // fp32 sum of n squares: relative error <= n * 2^-24 (loose; the real error is ~sqrt(n)).
     CHECK(std::fabs(r - rr) <= rr * (n + 4) * std::ldexp(1.0, -24));
     for (int j = 0; j < n; j += 97) {
-      const double want = double(w[j]) * x[j] * rr;
+      const double want = double(x[j]) * rr * w[j];
       CHECK(std::fabs(rms_apply(x[j], w[j], r) - want) <= std::fabs(want) * (n + 8) * std::ldexp(1.0, -24));
     }
   }

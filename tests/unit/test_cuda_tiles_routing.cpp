@@ -39,7 +39,7 @@ ref_result reference(const router_params& p, const std::vector<float>& logits, c
     for (int j = 0; j < p.groups; ++j) {
       std::vector<double> v(c.begin() + j * per, c.begin() + (j + 1) * per);
       std::sort(v.rbegin(), v.rend());
-      g.push_back({bias ? v[0] + v[1] : v[0], j});
+      g.push_back({p.group_rule == group_score::top2_sum ? v[0] + v[1] : v[0], j});
     }
     std::sort(g.begin(), g.end(), [](auto a, auto b) { return a.first > b.first; });
     if (p.top_groups < p.groups) gmargin = g[p.top_groups - 1].first - g[p.top_groups].first;
@@ -136,7 +136,10 @@ TEST_CASE("cuda tiles: V2 router (softmax over all experts, max-score groups, no
   p.scoring = score_func::softmax;
   p.renormalize = false;
   p.route_scale = 16.f;
+  p.group_rule = group_score::max;
   check_router(p, false, 0.f, 200, 23);
+  p.group_rule = group_score::top2_sum;  // the rule is independent of the bias
+  check_router(p, false, 0.f, 200, 25);
 }
 
 TEST_CASE("cuda tiles: V2-Lite router (softmax, one group)") {

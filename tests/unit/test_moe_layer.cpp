@@ -18,9 +18,9 @@ using namespace moela::moe;
 namespace {
 
 moe_config small_config(index_t E, index_t K, index_t G, index_t TG, score_fn s, topk_rule m, bool norm, float scale,
-                        index_t shared) {
+                        index_t shared, index_t hidden = 48, index_t inter = 20) {
   moe_config c;
-  c.hidden_size = 48;
+  c.hidden_size = hidden;
   c.n_routed_experts = E;
   c.num_experts_per_tok = K;
   c.n_group = G;
@@ -30,7 +30,7 @@ moe_config small_config(index_t E, index_t K, index_t G, index_t TG, score_fn s,
   c.norm_topk_prob = norm;
   c.routed_scaling_factor = scale;
   c.n_shared_experts = shared;
-  c.moe_intermediate_size = 20;  // not a multiple of any SIMD width on purpose
+  c.moe_intermediate_size = inter;  // 20: not a multiple of any SIMD width on purpose
   return c;
 }
 
@@ -175,11 +175,34 @@ TEST_CASE_TEMPLATE("moe_layer equals a dense float64 evaluation", F, quant::f32,
     check_layer<F, v3_router>(c, 1, 6);
     check_layer<F>(c, 40, 7);
   }
+  SUBCASE("experts wider than one task chunk (several row chunks, partial blocks)") {
+    // I = 300 and D = 200: 3 and 2 chunks of 128 rows, the last ones partial.
+    const auto c = small_config(8, 3, 2, 1, score_fn::sigmoid, topk_rule::noaux_tc, true, 2.5f, 2, 200, 300);
+    check_layer<F>(c, 1, 21);
+    check_layer<F>(c, 13, 22);
+  }
   SUBCASE("no shared expert; top-k = number of experts") {
     check_layer<F>(small_config(8, 3, 1, 1, score_fn::sigmoid, topk_rule::greedy, true, 1.0f, 0), 11, 8);
     check_layer<F>(small_config(6, 6, 1, 1, score_fn::softmax, topk_rule::greedy, false, 1.0f, 1), 7, 9);
     check_layer<F>(small_config(8, 8, 2, 2, score_fn::sigmoid, topk_rule::noaux_tc, true, 2.0f, 1), 4, 10);
   }
+}
+
+TEST_CASE_TEMPLATE("row_slice: a chunk of rows equals those rows of the matrix", F, quant::f32, quant::bf16,
+                   quant::fp8_block<128, 128>, quant::int8_rowwise<>, quant::int8_group<32>, quant::int4_group<32>,
+                   quant::int4_group_asym<64>) {
+  std::mt19937 rng(30);
+  const qmatrix<F> w = qmatrix<F>::quantize(randn(rng, 300, 256, 1.0f).cview());
+  const auto full = w.dequantize();
+  for (auto [r0, r1] : {std::pair<index_t, index_t>{0, 128}, {128, 256}, {256, 300}, {0, 300}}) {
+    const qmatrix<F> s = row_slice(w, r0, r1);
+    CHECK(s.rows() == r1 - r0);
+    CHECK(!s.owns_storage());
+    const auto part = s.dequantize();
+    for (index_t r = r0; r < r1; ++r)
+      for (index_t k = 0; k < 256; ++k) REQUIRE(part(r - r0, k) == full(r, k));
+  }
+  if constexpr (F::block_rows > 1) CHECK_THROWS_WITH_AS(row_slice(w, 64, 128), doctest::Contains("block boundary"), moela::error);
 }
 
 TEST_CASE("moe_layer: T = 0") {

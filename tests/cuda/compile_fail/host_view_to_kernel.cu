@@ -10,13 +10,13 @@ void use(moela::tensor<float, 2>& y, const moela::tensor<float, 2>& x, const moe
   moela::gpu::device_view<float, 2> dy(y.data(), y.shape());
   moela::gpu::device_view<const float, 2> dx(x.data(), x.shape());
   moela::gpu::device_view<const float, 1> dw(w.data(), w.shape());
-  moela::rmsnorm(moela::cuda<90>{}, dy, dx, dw);
+  moela::rmsnorm(moela::cuda<90>{}, dy, dx, dw, 1e-6f);
 #elif MOELA_VARIANT == 1
-  moela::rmsnorm(moela::cuda<90>{}, y.view(), x.view(), w.view());
+  moela::rmsnorm(moela::cuda<90>{}, y.view(), x.view(), w.view(), 1e-6f);
 #else
   moela::gpu::host_view<float, 2> hy(y.view());
   moela::gpu::host_view<const float, 2> hx(x.view());
   moela::gpu::host_view<const float, 1> hw(w.view());
-  moela::rmsnorm(moela::cuda<90>{}, hy, hx, hw);
+  moela::rmsnorm(moela::cuda<90>{}, hy, hx, hw, 1e-6f);
 #endif
 }

@@ -4,13 +4,14 @@
 /// overloads on the `moela::cuda<SM>` backend tag. All tensors are fp32 device views whose
 /// last dimension is contiguous; each call queues work on `s` and returns.
 ///
-///  - `rmsnorm(cuda, y[R, n], x[R, n], w[n], eps)`: `y = w * x / sqrt(mean(x²) + eps)`.
+///  - `rmsnorm(cuda, y[R, n], x[R, n], w[n], eps)`: `y = (x / sqrt(mean(x²) + eps)) * w`
+///    (`rmsnorm(cuda, x, w, eps)` in place), as moela's CPU `rmsnorm`.
 ///  - `rope(cuda, x[T, H, d], positions[T], inv_freq[d/2], cos_sin_factor)`: rotates each pair
 ///    `(x[.., 2i], x[.., 2i+1])` in place by `positions[t] * inv_freq[i]` (fp32 angle), cos and
 ///    sin multiplied by `cos_sin_factor` (1 for DeepSeek). `inv_freq` comes from
 ///    `tiles::yarn_inv_freq` (host) uploaded once.
 ///  - `softmax(cuda, y[R, n], x[R, n], scale)`: `y = softmax(scale * x)` per row; a row of
-///    -inf gives zeros.
+///    -inf gives zeros. `softmax(cuda, x)`: in place, scale 1, as the CPU `softmax(x)`.
 ///  - `swiglu(cuda, h[R, n], gate[R, n], up[R, n])`: `h = silu(gate) * up`.
 /// Shape mismatches throw moela::error before anything is launched.
 
@@ -109,7 +110,7 @@ namespace moela {
 /// RMSNorm over the last dimension; see the file comment.
 template <int SM>
 void rmsnorm(cuda<SM>, gpu::device_view<float, 2> y, gpu::device_view<const float, 2> x,
-             gpu::device_view<const float, 1> w, float eps = 1e-6f, const gpu::stream& s = gpu::default_stream()) {
+             gpu::device_view<const float, 1> w, float eps, const gpu::stream& s = gpu::default_stream()) {
   check(y.shape() == x.shape() && w.extent(0) == x.extent(1), "rmsnorm: y ", to_string(y.shape()), ", x ",
         to_string(x.shape()), ", w ", to_string(w.shape()), " (y and x must match, w must be [n])");
   gpu::detail::check_rows("rmsnorm", "x", x);
@@ -121,6 +122,13 @@ void rmsnorm(cuda<SM>, gpu::device_view<float, 2> y, gpu::device_view<const floa
   gpu::detail::rmsnorm_kernel<SM><<<static_cast<unsigned>(x.extent(0)), gpu::detail::row_threads(x.extent(1)), 0,
                                 s.get()>>>(p);
   MOELA_CUDA_CHECK_LAUNCH("rmsnorm: x ", to_string(x.shape()));
+}
+
+/// In-place RMSNorm: `x = rmsnorm(x) * w`.
+template <int SM>
+void rmsnorm(cuda<SM> tag, gpu::device_view<float, 2> x, gpu::device_view<const float, 1> w, float eps,
+             const gpu::stream& s = gpu::default_stream()) {
+  rmsnorm(tag, x, gpu::device_view<const float, 2>(x), w, eps, s);
 }
 
 /// Row softmax of `scale * x`; see the file comment.
@@ -136,6 +144,12 @@ void softmax(cuda<SM>, gpu::device_view<float, 2> y, gpu::device_view<const floa
   gpu::detail::softmax_kernel<SM><<<static_cast<unsigned>(x.extent(0)), gpu::detail::row_threads(x.extent(1)), 0,
                                 s.get()>>>(p);
   MOELA_CUDA_CHECK_LAUNCH("softmax: x ", to_string(x.shape()));
+}
+
+/// In-place row softmax (scale 1).
+template <int SM>
+void softmax(cuda<SM> tag, gpu::device_view<float, 2> x, const gpu::stream& s = gpu::default_stream()) {
+  softmax(tag, x, gpu::device_view<const float, 2>(x), 1.0f, s);
 }
 
 /// In-place interleaved RoPE; see the file comment.

@@ -12,13 +12,18 @@
 ///    `float [E, N, K/G]`, `w = q * s`.
 ///  - `bf16_dense`: codes `bf16 [E, N, K]`, no scales.
 /// `device_weights<F>` views such data (already on the device); `weight_store<F>` owns it and
-/// is built from host tensors by `upload_*`.
+/// is built by `gpu::upload(const qmatrix<Format>&)` from the CPU backend's weights
+/// (quant::fp8_block<128, 128>, quant::int8_group<G>, quant::int4_group<G> symmetric, all with
+/// float scales, and quant::bf16), or from raw host tensors by `upload_*`.
 ///
-/// FP8 (DeepSeek-faithful, spec §8.6): the activation is quantized per 1x128 group (ACT_V3:
-/// `s = max(amax, 1e-4) / 448`, `q = e4m3(x / s)`), each 128-long partial sum of products of
-/// the decoded codes is formed in FP32 and promoted into the FP32 accumulator as
-/// `acc + (P · a_s) · b_s`. INT8/INT4 groups promote per group of G with the weight scale
-/// alone; BF16 accumulates directly. Output is FP32.
+/// Modes, as the CPU `matmul` (moela/ops/matmul.hpp):
+///  - `quant::mode::fast` (default): weights decoded to fp32, fp32 activations, each group's
+///    partial sum scaled by the weight scale (`acc + P · s`); BF16 accumulates directly.
+///  - `quant::mode::faithful` (FP8 only, DeepSeek W8A8, spec §8.6): the activation is quantized
+///    per 1x128 group (ACT_V3: `s = max(amax, 1e-4) / 448`, `q = e4m3(x / s)`), each 128-long
+///    partial sum of products of the decoded codes is promoted into the fp32 accumulator as
+///    `acc + (P · a_s) · b_s`.
+/// Output is fp32.
 ///
 /// Kernels:
 ///  - FP8 on sm_89+ (tag `cuda<SM>` with SM >= 89 and a device of compute capability >= 8.9):
@@ -33,12 +38,15 @@
 /// yet: wgmma/TMA pipelines (sm_90a), bf16/int8 tensor-core paths (docs/cuda.md).
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "moela/backend/cuda/kernels/common.cuh"
 #include "moela/backend/cuda/tiles/mma.hpp"
 #include "moela/backend/cuda/tiles/quant.hpp"
 #include "moela/core/minifloat.hpp"
+#include "moela/quant/formats.hpp"
+#include "moela/quant/qmatrix.hpp"
 
 namespace moela::gpu {
 
@@ -168,6 +176,61 @@ weight_store<int4_group<G>> upload_int4_group(const_view<int4x2, R> codes, const
 template <std::size_t R>
 weight_store<bf16_dense> upload_bf16(const_view<moela::bf16, R> codes, const stream& s = default_stream()) {
   return detail::upload_store<bf16_dense>(codes, const_view<float, R>{}, s);
+}
+
+namespace detail {
+/// The device format a CPU weight format maps onto (void when there is none).
+template <class Format>
+struct device_format_of {
+  using type = void;
+};
+template <>
+struct device_format_of<quant::fp8_block<128, 128, fp8_e4m3>> {
+  using type = fp8_block;
+};
+template <int G>
+  requires(G % 32 == 0)
+struct device_format_of<quant::int8_group<G, float>> {
+  using type = int8_group<G>;
+};
+template <int G>
+struct device_format_of<quant::int4_group<G, quant::int4_zero::symmetric, float>> {
+  using type = int4_group<G>;
+};
+template <>
+struct device_format_of<quant::dense<moela::bf16>> {
+  using type = bf16_dense;
+};
+
+// Rows of a possibly row-strided host view, packed into a contiguous host tensor.
+template <class T, class U>
+tensor<T, 2> pack_rows(const_view<U, 2> v) {
+  static_assert(sizeof(T) == sizeof(U) && std::is_trivially_copyable_v<U>);
+  tensor<T, 2> t({v.extent(0), v.extent(1)});
+  for (index_t r = 0; r < v.extent(0); ++r)
+    std::memcpy(t.data() + r * v.extent(1), &v(r, 0), sizeof(T) * static_cast<std::size_t>(v.extent(1)));
+  return t;
+}
+}  // namespace detail
+
+/// Copies a CPU-backend weight matrix to the device (one expert). Supported: fp8_block<128, 128>
+/// (E4M3), int8_group<G> (G a multiple of 32), int4_group<G> symmetric, all with float scales,
+/// and bf16; other formats fail to compile with a message.
+template <class Format>
+auto upload(const qmatrix<Format>& w, const stream& s = default_stream()) {
+  using D = typename detail::device_format_of<Format>::type;
+  static_assert(!std::is_void_v<D>,
+                "gpu::upload: this weight format has no CUDA kernel (supported: fp8_block<128,128> E4M3, "
+                "int8_group<G % 32 == 0>, int4_group<G> symmetric, float scales, and bf16)");
+  weight_store<D> out;
+  auto codes = detail::pack_rows<typename D::code>(w.codes());
+  out.codes = to_device(tensor_view<const typename D::code, 3>(codes.data(), {1, codes.extent(0), codes.extent(1)}), s);
+  if constexpr (D::group != 0) {
+    auto sc = w.scales();
+    out.scales = to_device(tensor_view<const float, 3>(sc.data(), {1, sc.extent(0), sc.extent(1)}), s);
+  }
+  out.view().validate("gpu::upload");
+  return out;
 }
 
 namespace detail {
@@ -522,12 +585,11 @@ void matmul(cuda<SM>, gpu::device_view<float, 2> y, gpu::device_view<const fp8_e
   MOELA_CUDA_CHECK_LAUNCH("matmul fp8: x ", to_string(xq.shape()), ", W [", w.rows(), ", ", w.cols(), "]");
 }
 
-/// `y[M, N] = x[M, K] · Wᵀ` for any weight format (one expert). For `fp8_block` the activation
-/// is first quantized per 1x128 group into temporaries from `alloc` (DeepSeek's FP8 path).
+/// `y[M, N] = x[M, K] · Wᵀ` for any weight format (one expert), fast mode: weights decoded to
+/// fp32, fp32 activations (see the file comment).
 template <int SM, class F>
-void matmul(cuda<SM> tag, gpu::device_view<float, 2> y, gpu::device_view<const float, 2> x,
-            const gpu::device_weights<F>& w, const gpu::stream& s = gpu::default_stream(),
-            gpu::device_allocator& alloc = gpu::default_allocator()) {
+void matmul(cuda<SM>, gpu::device_view<float, 2> y, gpu::device_view<const float, 2> x,
+            const gpu::device_weights<F>& w, const gpu::stream& s = gpu::default_stream()) {
   w.validate("matmul");
   const index_t M = x.extent(0), K = x.extent(1);
   check(w.experts() == 1 && K == w.cols(), "matmul: x is ", to_string(x.shape()), " but W is [", w.rows(), ", ",
@@ -536,23 +598,40 @@ void matmul(cuda<SM> tag, gpu::device_view<float, 2> y, gpu::device_view<const f
         w.rows(), "] was expected");
   gpu::detail::check_rows("matmul", "y", y);
   gpu::detail::check_rows("matmul", "x", x);
-  if constexpr (std::is_same_v<F, gpu::fp8_block>) {
-    gpu::device_tensor<fp8_e4m3, 2> xq({M, K}, alloc);
-    gpu::device_tensor<float, 2> xs({M, gpu::tiles::blocks_of(K)}, alloc);
-    quantize_activations(tag, xq.view(), xs.view(), x, s);
-    matmul(tag, y, gpu::device_view<const fp8_e4m3, 2>(xq.view()), gpu::device_view<const float, 2>(xs.view()), w, s);
-    s.synchronize();  // the temporaries go back to the allocator when this returns
-  } else {
-    gpu::detail::gemm_params p{};
-    gpu::detail::fill_weight_params(p, w);
-    p.y = y.data();
-    p.ldy = y.stride(0);
-    p.a = x.data();
-    p.lda = x.stride(0);
-    p.M = static_cast<int>(M);
-    gpu::detail::launch_gemm<SM, F, false>(p, gpu::detail::grid_for(M, gpu::detail::gemm_bm), s);
-    MOELA_CUDA_CHECK_LAUNCH("matmul ", F::name, ": x ", to_string(x.shape()), ", W [", w.rows(), ", ", w.cols(), "]");
-  }
+  gpu::detail::gemm_params p{};
+  gpu::detail::fill_weight_params(p, w);
+  p.y = y.data();
+  p.ldy = y.stride(0);
+  p.a = x.data();
+  p.lda = x.stride(0);
+  p.M = static_cast<int>(M);
+  gpu::detail::launch_gemm<SM, F, false>(p, gpu::detail::grid_for(M, gpu::detail::gemm_bm), s);
+  MOELA_CUDA_CHECK_LAUNCH("matmul ", F::name, ": x ", to_string(x.shape()), ", W [", w.rows(), ", ", w.cols(), "]");
+}
+
+/// Fast mode, named.
+template <int SM, class F>
+void matmul(cuda<SM> tag, gpu::device_view<float, 2> y, gpu::device_view<const float, 2> x,
+            const gpu::device_weights<F>& w, quant::mode::fast, const gpu::stream& s = gpu::default_stream()) {
+  matmul(tag, y, x, w, s);
+}
+
+/// FP8 faithful mode (DeepSeek W8A8): `x` is quantized per 1x128 group into temporaries from
+/// `alloc`, then the block-scaled GEMM runs (tensor cores on sm_89+). Synchronizes `s` before
+/// returning the temporaries.
+template <int SM>
+void matmul(cuda<SM> tag, gpu::device_view<float, 2> y, gpu::device_view<const float, 2> x,
+            const gpu::device_weights<gpu::fp8_block>& w, quant::mode::faithful,
+            const gpu::stream& s = gpu::default_stream(), gpu::device_allocator& alloc = gpu::default_allocator()) {
+  const index_t M = x.extent(0), K = x.extent(1);
+  check(K == w.cols(), "matmul: x is ", to_string(x.shape()), " but W is [", w.rows(), ", ", w.cols(),
+        "] (K must match)");
+  gpu::detail::check_rows("matmul", "x", x);
+  gpu::device_tensor<fp8_e4m3, 2> xq({M, K}, alloc);
+  gpu::device_tensor<float, 2> xs({M, gpu::tiles::blocks_of(K)}, alloc);
+  quantize_activations(tag, xq.view(), xs.view(), x, s);
+  matmul(tag, y, gpu::device_view<const fp8_e4m3, 2>(xq.view()), gpu::device_view<const float, 2>(xs.view()), w, s);
+  s.synchronize();  // the temporaries go back to the allocator when this returns
 }
 
 }  // namespace moela

@@ -4,7 +4,7 @@
 /// SwiGLU GEMMs, and combine, as overloads on the `moela::cuda<SM>` backend tag.
 ///
 ///  - `route(cuda, ids[T, k], weights[T, k], logits[T, E], bias[E] or empty, params)`: spec
-///    §6.2 in fp32 (tiles/routing.hpp, one thread per token; the exact function the host tests
+///    §6.2 in fp32 (`gpu::router_params_of(moe_config)` gives the params of a CPU config) (tiles/routing.hpp, one thread per token; the exact function the host tests
 ///    check). Bias selects only; weights come from the unbiased scores.
 ///  - `moe_plan`: device buffers describing one dispatch: `offsets[E + 1]` (rows of expert e
 ///    are `[offsets[e], offsets[e+1])` of the sorted buffer), `slot[T, k]` (the sorted row of
@@ -12,11 +12,12 @@
 ///    `plan_dispatch(cuda, plan, ids)` builds it (counting sort; rows of one expert may come
 ///    in any order, which does not change any result: each row is computed independently).
 ///  - `dispatch(cuda, xs[T*k, D], x[T, D], plan)`: gathers token rows into expert order.
-///  - `grouped_matmul(cuda, ys[R, N], xs[R, K], w (E experts), plan)`: each expert's rows times
-///    that expert's weights (any weight format of matmul.cuh; FP8 quantizes rows per 1x128).
+///  - `grouped_matmul(cuda, ys[R, N], xs[R, K], w (E experts), plan, mode)`: each expert's rows
+///    times that expert's weights (any weight format of matmul.cuh; `quant::mode::faithful`
+///    quantizes FP8 activations per 1x128 as DeepSeek's W8A8 path, `fast` is the default).
 ///  - `combine(cuda, y[T, D], ys[T*k, D], weights[T, k], plan)`:
 ///    `y[t] = Σ_j weights[t, j] · ys[slot[t, j]]` in fp32, j ascending.
-///  - `moe_experts(cuda, y, x, ids, weights, w1, w3, w2, plan, ...)`: the whole routed part,
+///  - `moe_experts(cuda, y, x, ids, weights, w1, w3, w2, plan, mode, ...)`: the whole routed part,
 ///    `Σ_j w_j · W2_e (silu(W1_e x) ⊙ W3_e x)`. The shared expert is an ordinary dense SwiGLU
 ///    (matmul + swiglu) added by the caller.
 
@@ -26,8 +27,29 @@
 #include "moela/backend/cuda/kernels/elementwise.cuh"
 #include "moela/backend/cuda/kernels/matmul.cuh"
 #include "moela/backend/cuda/tiles/routing.hpp"
+#include "moela/moe/config.hpp"
 
 namespace moela::gpu {
+
+/// The router parameters of a CPU-backend `moe::moe_config` (validated): `greedy` becomes one
+/// group, `group_limited_greedy` the max group score, `noaux_tc` the top-2-sum group score.
+inline tiles::router_params router_params_of(const moe::moe_config& c) {
+  c.validate();
+  tiles::router_params p;
+  p.experts = static_cast<int>(c.n_routed_experts);
+  p.k = static_cast<int>(c.num_experts_per_tok);
+  const bool grouped = c.topk_method != moe::topk_rule::greedy && c.n_group > 1;
+  p.groups = grouped ? static_cast<int>(c.n_group) : 1;
+  p.top_groups = grouped ? static_cast<int>(c.topk_group) : 1;
+  p.scoring = c.scoring_func == moe::score_fn::sigmoid ? tiles::score_func::sigmoid : tiles::score_func::softmax;
+  p.renormalize = c.norm_topk_prob;
+  p.route_scale = c.routed_scaling_factor;
+  p.group_rule = c.topk_method == moe::topk_rule::noaux_tc ? tiles::group_score::top2_sum : tiles::group_score::max;
+  check(tiles::router_params_valid(p), "router_params_of: the CUDA router supports at most ",
+        tiles::router_max_experts, " experts and k <= ", tiles::router_max_k, " (config has ", c.n_routed_experts,
+        " experts, k ", c.num_experts_per_tok, ")");
+  return p;
+}
 
 /// Device buffers of one MoE dispatch for up to `max_tokens` tokens, `k` experts each, over
 /// `experts` experts. Reusable across calls with at most that many tokens.
@@ -231,9 +253,9 @@ void combine(cuda<SM>, gpu::device_view<float, 2> y, gpu::device_view<const floa
 
 /// Expert-grouped GEMM over the sorted rows: `ys[r] = xs[r] · W_eᵀ` for the expert e owning
 /// row r (see the file comment).
-template <int SM, class F>
+template <int SM, class F, class Mode = quant::mode::fast>
 void grouped_matmul(cuda<SM> tag, gpu::device_view<float, 2> ys, gpu::device_view<const float, 2> xs,
-                    const gpu::device_weights<F>& w, const gpu::moe_plan& plan,
+                    const gpu::device_weights<F>& w, const gpu::moe_plan& plan, Mode = {},
                     const gpu::stream& s = gpu::default_stream(),
                     gpu::device_allocator& alloc = gpu::default_allocator()) {
   w.validate("grouped_matmul");
@@ -254,7 +276,10 @@ void grouped_matmul(cuda<SM> tag, gpu::device_view<float, 2> ys, gpu::device_vie
   p.tile_expert = plan.tile_expert.data();
   p.tile_row = plan.tile_row.data();
   const auto tiles = static_cast<unsigned>(gpu::moe_plan::max_tiles(plan.experts, plan.k, plan.tokens));
-  if constexpr (std::is_same_v<F, gpu::fp8_block>) {
+  static_assert(std::is_same_v<Mode, quant::mode::fast> ||
+                    (std::is_same_v<Mode, quant::mode::faithful> && std::is_same_v<F, gpu::fp8_block>),
+                "grouped_matmul: the faithful mode exists for fp8_block weights only");
+  if constexpr (std::is_same_v<Mode, quant::mode::faithful>) {
     gpu::device_tensor<fp8_e4m3, 2> xq({R, K}, alloc);
     gpu::device_tensor<float, 2> xsc({R, gpu::tiles::blocks_of(K)}, alloc);
     quantize_activations(tag, xq.view(), xsc.view(), xs, s);
@@ -277,11 +302,11 @@ void grouped_matmul(cuda<SM> tag, gpu::device_view<float, 2> ys, gpu::device_vie
 /// `[T, k]`): `y[T, D] = Σ_j weights[t, j] · W2_e (silu(W1_e x_t) ⊙ W3_e x_t)` with
 /// W1/W3 `[E, I, D]` (gate/up) and W2 `[E, D, I]` (down). Builds `plan` from `ids`.
 /// Temporaries come from `alloc` (a caching_allocator avoids cudaMalloc per call).
-template <int SM, class F>
+template <int SM, class F, class Mode = quant::mode::fast>
 void moe_experts(cuda<SM> tag, gpu::device_view<float, 2> y, gpu::device_view<const float, 2> x,
                  gpu::device_view<const int, 2> ids, gpu::device_view<const float, 2> weights,
                  const gpu::device_weights<F>& w1, const gpu::device_weights<F>& w3, const gpu::device_weights<F>& w2,
-                 gpu::moe_plan& plan, const gpu::stream& s = gpu::default_stream(),
+                 gpu::moe_plan& plan, Mode mode = {}, const gpu::stream& s = gpu::default_stream(),
                  gpu::device_allocator& alloc = gpu::default_allocator()) {
   const index_t D = x.extent(1), I = w1.rows();
   check(w1.cols() == D && w3.rows() == I && w3.cols() == D && w2.rows() == D && w2.cols() == I &&
@@ -294,10 +319,10 @@ void moe_experts(cuda<SM> tag, gpu::device_view<float, 2> y, gpu::device_view<co
   gpu::device_tensor<float, 2> xs({R, D}, alloc), a({R, I}, alloc), b({R, I}, alloc), ys({R, D}, alloc);
   dispatch(tag, xs.view(), x, plan, s);
   const gpu::device_view<const float, 2> xs_c = xs.view();
-  grouped_matmul(tag, a.view(), xs_c, w1, plan, s, alloc);
-  grouped_matmul(tag, b.view(), xs_c, w3, plan, s, alloc);
+  grouped_matmul(tag, a.view(), xs_c, w1, plan, mode, s, alloc);
+  grouped_matmul(tag, b.view(), xs_c, w3, plan, mode, s, alloc);
   swiglu(tag, a.view(), gpu::device_view<const float, 2>(a.view()), gpu::device_view<const float, 2>(b.view()), s);
-  grouped_matmul(tag, ys.view(), gpu::device_view<const float, 2>(a.view()), w2, plan, s, alloc);
+  grouped_matmul(tag, ys.view(), gpu::device_view<const float, 2>(a.view()), w2, plan, mode, s, alloc);
   combine(tag, y, gpu::device_view<const float, 2>(ys.view()), weights, plan, s);
   s.synchronize();  // temporaries return to the allocator
 }

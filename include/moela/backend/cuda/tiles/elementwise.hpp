@@ -3,8 +3,8 @@
 /// Per-thread arithmetic of the CUDA elementwise kernels (RMSNorm, RoPE/YaRN, SwiGLU,
 /// softmax), as `MOELA_HOST_DEVICE` functions the host unit tests check against float64.
 ///
-/// Numerics follow the spec's fp32 contracts: RMSNorm `y = w * x * r` with
-/// `r = 1 / sqrt(mean(x²) + eps)` (§3.2, one rounding per output, all fp32); RoPE rotates
+/// Numerics follow the spec's fp32 contracts and the CPU backend's order: RMSNorm
+/// `y = (x * r) * w` with `r = 1 / sqrt(mean(x²) + eps)` (§3.2, all fp32); RoPE rotates
 /// adjacent pairs `(u[2i], u[2i+1])` (§4.1) by the angle `fp32(p) * θ'_i` (§4.2); YaRN
 /// frequencies exactly as §4.2 (fp32 θ, double correction range, fp32 ramp); SwiGLU
 /// `silu(a) * b` in fp32 (§3.3, V32 order).
@@ -34,8 +34,8 @@ MOELA_HOST_DEVICE inline float rms_factor(float sum_sq, int n, float eps) {
   return 1.0f / sqrtf(sum_sq / static_cast<float>(n) + eps);
 }
 
-/// One RMSNorm output: `w * x * r` (weight first, as the V32 contract).
-MOELA_HOST_DEVICE inline float rms_apply(float x, float w, float r) { return w * x * r; }
+/// One RMSNorm output: `(x * r) * w` (the order of moela's CPU rmsnorm).
+MOELA_HOST_DEVICE inline float rms_apply(float x, float w, float r) { return (x * r) * w; }
 
 /// Rotates the pair `(x0, x1)` by the angle whose cosine and sine are `c`, `s`.
 MOELA_HOST_DEVICE inline void rope_rotate(float& x0, float& x1, float c, float s) {

@@ -5,8 +5,9 @@
 /// and the host unit tests run the very same code against a float64 reference.
 ///
 /// Steps: scores `s = sigmoid(logits)` or `softmax(logits)` (over all experts); choice scores
-/// `c = s + bias` (bias only when given); with `groups > 1`, each group scores `max c` (no
-/// bias) or the sum of its two largest `c` (bias), the `top_groups` best groups are kept and the
+/// `c = s + bias` (bias only when given); with `groups > 1`, each group scores `max c`
+/// (`group_score::max`, V2's group_limited_greedy) or the sum of its two largest `c`
+/// (`group_score::top2_sum`, V3's noaux_tc), the `top_groups` best groups are kept and the
 /// others' experts get `c = -inf`; the `k` largest `c` are selected (ties toward the lower
 /// index); weights are the UNBIASED `s` of the selected experts, renormalized to sum 1 when
 /// `renormalize`, then multiplied by `route_scale`. Outputs are ordered by decreasing `c`.
@@ -21,7 +22,11 @@ namespace moela::gpu::tiles {
 /// Scoring function of the router.
 enum class score_func { softmax, sigmoid };
 
-/// Router configuration (HF config names in comments).
+/// How a group of experts is scored for the group-limited step.
+enum class group_score { max, top2_sum };
+
+/// Router configuration (HF config names in comments). `groups == 1` means no group limit
+/// (HF `topk_method: greedy`).
 struct router_params {
   int experts = 256;                       ///< n_routed_experts
   int k = 8;                               ///< num_experts_per_tok
@@ -30,6 +35,7 @@ struct router_params {
   score_func scoring = score_func::sigmoid;  ///< scoring_func
   bool renormalize = true;                 ///< norm_topk_prob
   float route_scale = 2.5f;                ///< routed_scaling_factor
+  group_score group_rule = group_score::top2_sum;  ///< from topk_method (max: group_limited_greedy)
 };
 
 /// Limits of the one-thread-per-token router (local arrays).
@@ -69,7 +75,7 @@ MOELA_HOST_DEVICE inline bool router_params_valid(const router_params& p) {
   if (p.experts < 1 || p.experts > router_max_experts || p.k < 1 || p.k > router_max_k) return false;
   if (p.groups < 1 || p.groups > router_max_groups || p.experts % p.groups != 0) return false;
   if (p.top_groups < 1 || p.top_groups > p.groups) return false;
-  if (p.groups > 1 && p.experts / p.groups < 2) return false;
+  if (p.groups > 1 && p.group_rule == group_score::top2_sum && p.experts / p.groups < 2) return false;
   return p.k <= p.top_groups * (p.experts / p.groups);
 }
 
@@ -110,7 +116,7 @@ MOELA_HOST_DEVICE inline void route_token(const router_params& p, const float* l
           b2 = v;
         }
       }
-      ng = topk_insert(gv, gi, ng, p.top_groups, bias ? b1 + b2 : b1, g);
+      ng = topk_insert(gv, gi, ng, p.top_groups, p.group_rule == group_score::top2_sum ? b1 + b2 : b1, g);
     }
     for (int g = 0; g < p.groups; ++g) {
       bool kept = false;
