@@ -18,7 +18,9 @@
 ///   q_pe   = rope(q[:, h, nope:]) (interleaved pairs, YaRN)
 ///   latent = kv_a(x) -> ckv = rmsnorm(latent[:, :kv_rank], kv_a_norm), kpe = rope(latent[:, kv_rank:])
 ///   cache <- (ckv, kpe) at the new positions (in CacheFormat)
-///   naive:    k_nope | v = kv_b(ckv) per head, scores = scale * (<q_nope, k_nope> + <q_pe, kpe>)
+///   naive:    k_nope | v = kv_b(ckv) per head for every cached token (the naive-mode cache,
+///             rebuilt per call), scores = scale * (<q_nope, k_nope> + <q_pe, kpe>), through the
+///             same flash kernel as a standard attention with H kv heads
 ///   absorbed: q_lat = q_nope . W_UK(h); scores = scale * (<q_lat, ckv> + <q_pe, kpe>);
 ///             o_lat = softmax . ckv; o = o_lat . W_UV(h)^T
 ///   out = o_proj(concat_h o)
@@ -73,6 +75,32 @@ struct mla_weights {
 };
 
 namespace detail {
+/// One sequence's FP32 records in a dense buffer, seen through the cache interface: `committed`
+/// old tokens then `pending` new ones (the naive mode runs the shared kernel over it).
+class dense_records {
+ public:
+  using format = cache_f32;
+  dense_records(float* data, cache_layout lay, index_t committed, index_t pending)
+      : data_(data), lay_(lay), len_(committed), pend_(pending) {}
+  const cache_layout& layout() const { return lay_; }
+  std::byte* record(index_t, index_t, index_t pos) { return reinterpret_cast<std::byte*>(data_ + pos * lay_.width()); }
+  const std::byte* record(index_t, index_t, index_t pos) const {
+    return reinterpret_cast<const std::byte*>(data_ + pos * lay_.width());
+  }
+  bool live(index_t s) const { return s == 0; }
+  index_t length(index_t) const { return len_; }
+  index_t pending(index_t) const { return pend_; }
+  index_t max_positions() const { return len_ + pend_; }
+  void prepare(std::span<const seq_chunk>) {}
+  void commit() {}
+  void rollback() {}
+
+ private:
+  float* data_;
+  cache_layout lay_;
+  index_t len_, pend_;
+};
+
 inline void check_matrix(const char* name, index_t rows, index_t cols, index_t want_r, index_t want_c) {
   check(rows == want_r && cols == want_c, "mla: weight ", name, " is [", rows, ", ", cols, "] but the config needs [",
         want_r, ", ", want_c, "]");
@@ -312,42 +340,40 @@ class mla {
                     tensor_view<float, 2> o) {
     const index_t H = cfg_.heads, qk = cfg_.qk_head_dim(), R = cfg_.kv_rank, W = cfg_.latent_width();
     const index_t nope = cfg_.nope_dim, v = cfg_.v_dim, per = nope + v, rd = cfg_.rope_dim;
+    const index_t KW = H * qk + H * v;  // one up-projected record: K of every head, then V
     index_t tok0 = 0;
     for (const auto& c : chunks) {
       const index_t n = cache.length(c.seq) + c.tokens, first = cache.length(c.seq);
       auto rec = detail::ws(rec_, n, W);
-      for (index_t t = 0; t < n; ++t)
-        CacheFormat::template decode<arch>(cache.record(layer, c.seq, t), R, rd, rec.data() + t * W);
       auto ckv = detail::ws(ckv_, n, R);
-      for (index_t t = 0; t < n; ++t) std::memcpy(&ckv(t, 0), rec.data() + t * W, sizeof(float) * R);
-      auto kv = detail::ws(kv_, n, H * per);
-      matmul(kv, const_view<float, 2>(ckv), w_.kv_b_proj);
-      parallel_for(H * c.tokens, [&](index_t b, index_t e) {
-        std::vector<float> p(static_cast<std::size_t>(n));
-        for (index_t k = b; k < e; ++k) {
-          const index_t h = k % H, i = k / H, t = tok0 + i, lim = first + i + 1;
-          const float* qr = q.data() + (t * H + h) * qk;
-          float mx = -std::numeric_limits<float>::infinity();
-          for (index_t s = 0; s < lim; ++s) {
-            const float* kn = kv.data() + s * H * per + h * per;
-            const float* kp = rec.data() + s * W + R;
-            float acc = 0.f;
-            for (index_t d = 0; d < nope; ++d) acc += qr[d] * kn[d];
-            for (index_t d = 0; d < rd; ++d) acc += qr[nope + d] * kp[d];
-            p[static_cast<std::size_t>(s)] = acc * scale_;
-            mx = std::max(mx, p[static_cast<std::size_t>(s)]);
-          }
-          float sum = 0.f;
-          for (index_t s = 0; s < lim; ++s) sum += (p[static_cast<std::size_t>(s)] = std::exp(p[static_cast<std::size_t>(s)] - mx));
-          float* orow = o.data() + t * H * v + h * v;
-          std::fill(orow, orow + v, 0.f);
-          for (index_t s = 0; s < lim; ++s) {
-            const float* vv = kv.data() + s * H * per + h * per + nope;
-            const float w = p[static_cast<std::size_t>(s)] / sum;
-            for (index_t d = 0; d < v; ++d) orow[d] += w * vv[d];
-          }
+      parallel_for(n, [&](index_t t0, index_t t1) {
+        for (index_t t = t0; t < t1; ++t) {
+          CacheFormat::template decode<arch>(cache.record(layer, c.seq, t), R, rd, rec.data() + t * W);
+          std::memcpy(&ckv(t, 0), rec.data() + t * W, sizeof(float) * R);
         }
       });
+      // k_nope | v for every head and key: the naive-mode cache, rebuilt from the latent.
+      auto kv = detail::ws(kv_, n, H * per);
+      matmul(kv, const_view<float, 2>(ckv), w_.kv_b_proj);
+      auto full = detail::ws(full_, n, KW);
+      parallel_for(n, [&](index_t t0, index_t t1) {
+        for (index_t t = t0; t < t1; ++t)
+          for (index_t h = 0; h < H; ++h) {
+            float* k = full.data() + t * KW + h * qk;
+            std::memcpy(k, kv.data() + t * H * per + h * per, sizeof(float) * nope);
+            std::memcpy(k + nope, rec.data() + t * W + R, sizeof(float) * rd);
+            std::memcpy(full.data() + t * KW + H * qk + h * v, kv.data() + t * H * per + h * per + nope,
+                        sizeof(float) * v);
+          }
+      });
+      // Standard attention (H kv heads of width qk, values of width v) with the shared kernel.
+      detail::dense_records view(full.data(), {KW, 0, 1}, first, c.tokens);
+      const seq_chunk one{0, c.tokens};
+      attend_shape sh;
+      sh.heads = H; sh.kv_heads = H; sh.dk = qk; sh.dv = v;
+      sh.key_offset = 0; sh.key_step = qk; sh.value_offset = H * qk; sh.value_step = v;
+      sh.q_ld = qk; sh.o_ld = v; sh.scale = scale_;
+      attend<arch>(view, 0, std::span(&one, 1), sh, q.data() + tok0 * H * qk, o.data() + tok0 * H * v, nullptr, work_);
       tok0 += c.tokens;
     }
   }
@@ -359,7 +385,7 @@ class mla {
   std::vector<absorb_matrix> wuk_t_, wuv_;
   // Workspaces (grow only).
   std::vector<index_t> pos_;
-  std::vector<float> q_, cq_, lat_, o_, qa_, ol_, rec_, ckv_, kv_;
+  std::vector<float> q_, cq_, lat_, o_, qa_, ol_, rec_, ckv_, kv_, full_;
   attend_work work_;
 };
 
