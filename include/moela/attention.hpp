@@ -13,3 +13,4 @@
 #include "moela/attention/flash.hpp"
 #include "moela/attention/mla.hpp"
 #include "moela/attention/mla_loader.hpp"
+#include "moela/attention/gqa.hpp"

@@ -101,3 +101,11 @@ TEST_CASE("mla golden: fp8 checkpoint dequantised, layers 0 and 1, absorbed and 
     for (auto m : {attn::mla_mode::absorbed, attn::mla_mode::naive})
       run_layer<quant::f32>("fp8", "expected-fp8.safetensors", L, m);
 }
+
+TEST_CASE("mla golden: fp8 checkpoint kept in FP8 (fp8_block<128, 128> weights), layer 0 and 1") {
+  // matmul's default (fast) mode multiplies by exactly the dequantised weights, in FP32: the
+  // same FP32 bound as above applies.
+  for (int L : {0, 1})
+    for (auto m : {attn::mla_mode::absorbed, attn::mla_mode::naive})
+      run_layer<quant::fp8_block<128, 128>>("fp8", "expected-fp8.safetensors", L, m);
+}

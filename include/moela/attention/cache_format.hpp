@@ -99,7 +99,8 @@ struct cache_f32 {
   }
   static void encode(const float* a, index_t na, const float* b, index_t nb, std::byte* rec) {
     std::memcpy(rec, a, static_cast<std::size_t>(na) * sizeof(float));
-    if (nb) std::memcpy(rec + static_cast<std::size_t>(na) * sizeof(float), b, static_cast<std::size_t>(nb) * sizeof(float));
+    auto* pb = reinterpret_cast<float*>(rec) + na;
+    for (index_t i = 0; i < nb; ++i) pb[i] = b[i];
   }
   template <class Arch>
   static void decode(const std::byte* rec, index_t na, index_t nb, float* out) {

@@ -25,9 +25,9 @@
 /// Causal: the query at position p sees keys at positions <= p; scale = softmax_scale().
 /// Both modes read the keys back from the cache, so they agree to FP32 rounding.
 ///
-/// Absorbed mode keeps, per head, `W_UK(h)^T [kv_rank, nope]` and `W_UV(h) [v, kv_rank]` as
-/// `qmatrix<WeightFormat>` built once from `kv_b_proj` (re-encoded from its dequantised values:
-/// exact for dense formats).
+/// Absorbed mode keeps, per head, `W_UK(h)^T [kv_rank, nope]` and `W_UV(h) [v, kv_rank]`, built
+/// once from the dequantised `kv_b_proj`: in `WeightFormat` when it is dense (exact), else in
+/// FP32 (`absorb_format`; V3: 64 MiB per layer), so both modes use identical weight values.
 ///
 /// Errors (moela::error, nothing written to the cache): wrong shapes, chunks that do not match
 /// the cache's prepared step, a position at or past `config.rope.max_positions`.
@@ -84,6 +84,12 @@ inline tensor_view<float, 2> ws(std::vector<float>& v, index_t r, index_t c) {
 }
 }  // namespace detail
 
+/// Format of the per-head absorbed matrices: the weight format itself for dense formats, FP32
+/// otherwise (the exact dequantised values, so both modes see the same weights).
+template <class WeightFormat>
+using absorb_format =
+    std::conditional_t<WeightFormat::kind == quant::format_kind::dense, WeightFormat, quant::f32>;
+
 template <class Backend, class WeightFormat, class CacheFormat = cache_bf16>
 class mla {
   static_assert(cpu_backend<Backend>, "attn::mla: only the CPU backend is implemented");
@@ -94,6 +100,7 @@ class mla {
   using arch = typename Backend::arch;
   using weight_format = WeightFormat;
   using cache_format_type = CacheFormat;
+  using absorb_matrix = qmatrix<absorb_format<WeightFormat>>;
 
   /// Validates `cfg` and every weight shape against it; builds the RoPE table for
   /// `cfg.rope.max_positions` positions and the absorbed per-head matrices.
@@ -115,7 +122,7 @@ class mla {
     detail::check_matrix("kv_b_proj", w_.kv_b_proj.rows(), w_.kv_b_proj.cols(), H * (cfg_.nope_dim + cfg_.v_dim),
                          cfg_.kv_rank);
     detail::check_matrix("o_proj", w_.o_proj.rows(), w_.o_proj.cols(), cfg_.hidden, H * cfg_.v_dim);
-    rope_ = rope_table(cfg_.rope);
+    rope_ptr_ = shared_rope_table(cfg_.rope);
     scale_ = static_cast<float>(cfg_.softmax_scale());
     // Absorbed matrices.
     const tensor<float, 2> kvb = w_.kv_b_proj.dequantize();
@@ -128,14 +135,14 @@ class mla {
         for (index_t c = 0; c < cfg_.kv_rank; ++c) ukt(c, n) = kvb(h * per + n, c);
       for (index_t j = 0; j < cfg_.v_dim; ++j)
         for (index_t c = 0; c < cfg_.kv_rank; ++c) uv(j, c) = kvb(h * per + cfg_.nope_dim + j, c);
-      wuk_t_.push_back(qmatrix<WeightFormat>::quantize(ukt.cview()));
-      wuv_.push_back(qmatrix<WeightFormat>::quantize(uv.cview()));
+      wuk_t_.push_back(absorb_matrix::quantize(ukt.cview()));
+      wuv_.push_back(absorb_matrix::quantize(uv.cview()));
     }
   }
 
   const mla_config& config() const { return cfg_; }
   const mla_weights<WeightFormat>& weights() const { return w_; }
-  const rope_table& rope() const { return rope_; }
+  const rope_table& rope() const { return *rope_ptr_; }
   float softmax_scale() const { return scale_; }
   /// Bytes per token per layer of this layer's cache format (the latent record).
   std::size_t cache_bytes_per_token() const { return CacheFormat::record_bytes(cfg_.kv_rank, cfg_.rope_dim); }
@@ -186,11 +193,27 @@ class mla {
           write_record(cache, layer, c.seq, cache.length(c.seq) + i, lat.data() + t * W, lat.data() + t * W + cfg_.kv_rank);
     }
     auto o = detail::ws(o_, T, H * cfg_.v_dim);
+    attention(cache, layer, chunks, q, o, mode);
+    matmul(out, const_view<float, 2>(o), w_.o_proj);
+  }
+
+  /// The attention proper, between the projections: queries `q [T, H*(nope+rope)]` (RoPE
+  /// applied, as `project_q` writes them) attend over the prepared cache (the new records
+  /// already written) and give the per-head outputs `o [T, H*v]` (heads concatenated, the
+  /// input of `o_proj`).
+  template <kv_cache Cache>
+  void attention(const Cache& cache, index_t layer, std::span<const seq_chunk> chunks, tensor_view<float, 2> q,
+                 tensor_view<float, 2> o, mla_mode mode = mla_mode::absorbed) {
+    const index_t T = q.extent(0);
+    check_step(cache, layer, chunks, T);
+    check(q.extent(1) == cfg_.q_width() && q.is_contiguous(), "mla::attention: q is ", to_string(q.shape()),
+          ", expected contiguous [", T, ", ", cfg_.q_width(), "]");
+    check(o.extent(0) == T && o.extent(1) == cfg_.heads * cfg_.v_dim && o.is_contiguous(), "mla::attention: o is ",
+          to_string(o.shape()), ", expected contiguous [", T, ", ", cfg_.heads * cfg_.v_dim, "]");
     if (mode == mla_mode::absorbed)
       attend_absorbed(cache, layer, chunks, q, o);
     else
       attend_naive(cache, layer, chunks, q, o);
-    matmul(out, const_view<float, 2>(o), w_.o_proj);
   }
 
   /// Queries with RoPE applied: `q [T, H*(nope+rope)]`, per head `[q_nope | q_pe]`.
@@ -209,7 +232,7 @@ class mla {
       matmul(q, x, w_.q_proj);
     }
     for (index_t t = 0; t < T; ++t)
-      for (index_t h = 0; h < H; ++h) rope_.rotate(q.data() + (t * H + h) * qk + cfg_.nope_dim, pos[static_cast<std::size_t>(t)]);
+      for (index_t h = 0; h < H; ++h) rope_ptr_->rotate(q.data() + (t * H + h) * qk + cfg_.nope_dim, pos[static_cast<std::size_t>(t)]);
   }
 
   /// Cache records: `latent [T, kv_rank + rope]` = `[rmsnorm(ckv) | rope(kpe)]`.
@@ -220,7 +243,7 @@ class mla {
           to_string(latent.shape()), ", expected contiguous [", T, ", ", W, "]");
     matmul(latent, x, w_.kv_a_proj);
     rmsnorm<arch>(latent.slice(1, 0, cfg_.kv_rank), w_.kv_a_norm.cview(), cfg_.rms_eps);
-    for (index_t t = 0; t < T; ++t) rope_.rotate(latent.data() + t * W + cfg_.kv_rank, pos[static_cast<std::size_t>(t)]);
+    for (index_t t = 0; t < T; ++t) rope_ptr_->rotate(latent.data() + t * W + cfg_.kv_rank, pos[static_cast<std::size_t>(t)]);
   }
 
  private:
@@ -234,8 +257,8 @@ class mla {
     for (const auto& c : chunks) {
       check(cache.live(c.seq) && cache.pending(c.seq) == c.tokens && c.tokens > 0, "mla::forward: sequence ", c.seq,
             " is not prepared in the cache for ", c.tokens, " new tokens (call cache.prepare first)");
-      check(cache.length(c.seq) + c.tokens <= rope_.positions(), "mla::forward: sequence ", c.seq, " would reach position ",
-            cache.length(c.seq) + c.tokens - 1, " but max_position_embeddings is ", rope_.positions());
+      check(cache.length(c.seq) + c.tokens <= rope_ptr_->positions(), "mla::forward: sequence ", c.seq, " would reach position ",
+            cache.length(c.seq) + c.tokens - 1, " but max_position_embeddings is ", rope_ptr_->positions());
       total += c.tokens;
     }
     check(total == T, "mla::forward: the chunks hold ", total, " tokens but x has ", T, " rows");
@@ -243,7 +266,7 @@ class mla {
   void check_positions(const char* who, std::span<const index_t> pos, index_t T) const {
     check(static_cast<index_t>(pos.size()) == T, who, ": ", pos.size(), " positions for ", T, " rows");
     for (auto p : pos)
-      check(p >= 0 && p < rope_.positions(), who, ": position ", p, " is outside [0, ", rope_.positions(), ")");
+      check(p >= 0 && p < rope_ptr_->positions(), who, ": position ", p, " is outside [0, ", rope_ptr_->positions(), ")");
   }
 
   template <class Cache>
@@ -331,9 +354,9 @@ class mla {
 
   mla_config cfg_;
   mla_weights<WeightFormat> w_;
-  rope_table rope_;
+  std::shared_ptr<const rope_table> rope_ptr_;
   float scale_ = 1.f;
-  std::vector<qmatrix<WeightFormat>> wuk_t_, wuv_;
+  std::vector<absorb_matrix> wuk_t_, wuv_;
   // Workspaces (grow only).
   std::vector<index_t> pos_;
   std::vector<float> q_, cq_, lat_, o_, qa_, ol_, rec_, ckv_, kv_;

@@ -11,7 +11,9 @@
 ///   `kv_a_layernorm`, `kv_b_proj`, `o_proj` (prefix e.g. `"model.layers.0.self_attn."`),
 ///   converts them to FP32 (F8_E4M3 weights with a `<name>_scale_inv` tensor are dequantised with
 ///   the 128x128 block scales: `w = e4m3(q) * scale_inv[r / 128, c / 128]`) and encodes them in
-///   `Format` with `qmatrix<Format>::quantize`. Shapes are checked by the `mla` constructor.
+///   `Format` with `qmatrix<Format>::quantize`; with `Format = quant::fp8_block<128, 128>` the
+///   checkpoint's FP8 codes and scales are taken as they are. Shapes are checked by the `mla`
+///   constructor.
 ///
 /// Typical use:
 /// ```
@@ -20,7 +22,9 @@
 /// attn::mla<cpu<>, quant::bf16, attn::cache_bf16> layer(cfg, attn::load_mla_weights<quant::bf16>(f, "model.layers.0.self_attn.", cfg));
 /// ```
 
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -83,7 +87,18 @@ inline tensor<float, 2> load_weight_f32(const io::safetensors_file& f, const std
 template <class Format>
 mla_weights<Format> load_mla_weights(const io::safetensors_file& f, const std::string& prefix, const mla_config& cfg) {
   auto mat = [&](const char* n) {
-    const auto w = detail::load_weight_f32(f, prefix + n + ".weight");
+    const std::string name = prefix + n + ".weight";
+    if constexpr (std::is_same_v<Format, quant::fp8_block<128, 128, fp8_e4m3>>) {
+      // The checkpoint's own FP8 codes and block scales, copied as they are.
+      if (f.at(name).type == io::dtype::f8_e4m3 && f.contains(name + "_scale_inv")) {
+        const auto c = f.view<fp8_e4m3, 2>(name);
+        const auto s = f.to_float<2>(name + "_scale_inv");
+        tensor<fp8_e4m3, 2> codes({c.extent(0), c.extent(1)});
+        std::memcpy(codes.data(), c.data(), codes.bytes());
+        return qmatrix<Format>(std::move(codes), tensor<float, 2>(s));
+      }
+    }
+    const auto w = detail::load_weight_f32(f, name);
     return qmatrix<Format>::quantize(w.cview());
   };
   auto vec = [&](const char* n) { return f.to_float<1>(prefix + n + ".weight"); };

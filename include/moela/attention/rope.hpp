@@ -19,7 +19,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <numbers>
+#include <utility>
 #include <vector>
 
 #include "moela/core/error.hpp"
@@ -84,8 +87,13 @@ inline std::vector<float> rope_inv_freq(const rope_config& c) {
     const float ramp = std::clamp((static_cast<float>(i) - static_cast<float>(low)) /
                                       (static_cast<float>(high) - static_cast<float>(low)),
                                   0.0f, 1.0f);
-    const float s = static_cast<float>(c.factor);
-    f[static_cast<std::size_t>(i)] = (th / s) * ramp + th * (1.0f - ramp);
+    // As REF-V3 writes it: smooth = 1 - ramp, then (th / s) * (1 - smooth) + th * smooth, every
+    // step rounded to FP32 (volatile keeps the compiler from contracting the products into an
+    // FMA, which would move some frequencies by one ulp).
+    const float s = static_cast<float>(c.factor), smooth = 1.0f - ramp;
+    const volatile float interp = (th / s) * (1.0f - smooth);
+    const volatile float extrap = th * smooth;
+    f[static_cast<std::size_t>(i)] = interp + extrap;
   }
   return f;
 }
@@ -149,6 +157,19 @@ class rope_table {
     }
   }
 
+  /// NeoX / Llama "rotate half" pairing `(u[i], u[i + dim/2])`, same angles (for standard
+  /// attention models; DeepSeek MLA never uses it).
+  void rotate_half(float* u, index_t p) const {
+    const float* c = cos_row(p);
+    const float* s = sin_row(p);
+    const index_t half = cfg_.dim / 2;
+    for (index_t i = 0; i < half; ++i) {
+      const float a = u[i], b = u[i + half];
+      u[i] = a * c[i] - b * s[i];
+      u[i + half] = a * s[i] + b * c[i];
+    }
+  }
+
   /// Checked rotation of a rank-1 view of width dim() at position p.
   void apply(tensor_view<float, 1> u, index_t p) const {
     check(u.extent(0) == cfg_.dim, "rope_table::apply: vector has ", u.extent(0), " elements, rope dim is ", cfg_.dim);
@@ -162,5 +183,27 @@ class rope_table {
   std::vector<float> inv_freq_;
   tensor<float, 2> cos_, sin_;
 };
+
+/// A process-wide shared table for `c` (all positions `[0, c.max_positions)`): layers with the
+/// same RoPE configuration share one table instead of building one each (V3: 40 MiB). The
+/// table lives while a layer holds it. Thread-safe.
+inline std::shared_ptr<const rope_table> shared_rope_table(const rope_config& c) {
+  static std::mutex mu;
+  static std::vector<std::pair<rope_config, std::weak_ptr<const rope_table>>> tables;
+  auto same = [](const rope_config& a, const rope_config& b) {
+    return a.dim == b.dim && a.theta == b.theta && a.yarn == b.yarn && a.factor == b.factor &&
+           a.original_max_positions == b.original_max_positions && a.beta_fast == b.beta_fast &&
+           a.beta_slow == b.beta_slow && a.mscale == b.mscale && a.mscale_all_dim == b.mscale_all_dim &&
+           a.max_positions == b.max_positions;
+  };
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto& [cfg, weak] : tables)
+    if (same(cfg, c))
+      if (auto t = weak.lock()) return t;
+  auto t = std::make_shared<const rope_table>(c);
+  std::erase_if(tables, [](const auto& e) { return e.second.expired(); });
+  tables.emplace_back(c, t);
+  return t;
+}
 
 }  // namespace moela::attn

@@ -9,6 +9,8 @@
 /// overlapping. Every failure throws `moela::error` naming the file and the tensor.
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -300,6 +302,77 @@ class safetensors_file {
   std::shared_ptr<detail::mapped_file> file_;
   std::map<std::string, std::string> metadata_;
   std::map<std::string, tensor_entry> tensors_;
+};
+
+/// Builds a safetensors image in memory and writes it: `add(name, dtype, shape, bytes)` or the
+/// typed `add<T>(name, shape, span)`, then `bytes()` or `save(path)`. Tensors are laid out in
+/// the order added, each at an offset aligned to 8 bytes by padding the header with spaces.
+class safetensors_writer {
+ public:
+  void add(const std::string& name, dtype type, std::vector<index_t> shape, std::span<const std::byte> data) {
+    std::size_t n = dtype_size(type);
+    for (auto e : shape) {
+      check(e >= 0, "safetensors_writer: tensor '", name, "' has a negative extent");
+      n *= static_cast<std::size_t>(e);
+    }
+    check(n == data.size(), "safetensors_writer: tensor '", name, "' has ", data.size(), " bytes but its shape needs ", n);
+    for (const auto& t : entries_) check(t.name != name, "safetensors_writer: tensor '", name, "' added twice");
+    entries_.push_back({name, type, std::move(shape), std::vector<std::byte>(data.begin(), data.end())});
+  }
+  template <class T>
+  void add(const std::string& name, std::vector<index_t> shape, std::span<const T> data) {
+    dtype t{};
+    bool known = false;
+    for (dtype d : {dtype::f64, dtype::f32, dtype::f16, dtype::bf16, dtype::f8_e4m3, dtype::f8_e5m2, dtype::i64,
+                    dtype::i32, dtype::i8, dtype::u8})
+      if (dtype_matches<T>(d)) {
+        t = d;
+        known = true;
+      }
+    check(known, "safetensors_writer: no safetensors dtype for the element type of '", name, "'");
+    add(name, t, std::move(shape), std::as_bytes(data));
+  }
+  void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+
+  std::vector<std::byte> bytes() const {
+    nlohmann::ordered_json h = nlohmann::ordered_json::object();
+    if (!metadata_.empty()) h["__metadata__"] = metadata_;
+    std::size_t off = 0;
+    for (const auto& e : entries_) {
+      h[e.name] = {{"dtype", dtype_name(e.type)}, {"shape", e.shape}, {"data_offsets", {off, off + e.data.size()}}};
+      off += e.data.size();
+    }
+    std::string hs = h.dump();
+    while ((8 + hs.size()) % 8 != 0) hs.push_back(' ');
+    std::vector<std::byte> out(8 + hs.size() + off);
+    const std::uint64_t n = hs.size();
+    for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<std::byte>((n >> (8 * i)) & 0xff);
+    std::memcpy(out.data() + 8, hs.data(), hs.size());
+    std::size_t p = 8 + hs.size();
+    for (const auto& e : entries_) {
+      if (!e.data.empty()) std::memcpy(out.data() + p, e.data.data(), e.data.size());
+      p += e.data.size();
+    }
+    return out;
+  }
+  void save(const std::string& path) const {
+    const auto b = bytes();
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    check(f != nullptr, "safetensors_writer: cannot create '", path, "': ", std::strerror(errno));
+    const bool ok = std::fwrite(b.data(), 1, b.size(), f) == b.size();
+    const bool closed = std::fclose(f) == 0;
+    check(ok && closed, "safetensors_writer: writing '", path, "' failed");
+  }
+
+ private:
+  struct entry {
+    std::string name;
+    dtype type;
+    std::vector<index_t> shape;
+    std::vector<std::byte> data;
+  };
+  std::vector<entry> entries_;
+  std::map<std::string, std::string> metadata_;
 };
 
 }  // namespace moela::io

@@ -36,6 +36,17 @@
 #include <immintrin.h>
 #endif
 
+/// Fully unrolls the next loop (constant trip count): keeps small accumulator arrays in registers.
+#ifndef MOELA_UNROLL
+#if defined(__clang__)
+#define MOELA_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define MOELA_UNROLL _Pragma("GCC unroll 16")
+#else
+#define MOELA_UNROLL
+#endif
+#endif
+
 namespace moela {
 
 namespace detail {

@@ -33,6 +33,7 @@
 
 #include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/cpu/x86/gemv_avx2.hpp"
 #include "moela/quant/qmatrix.hpp"
 
 namespace moela::detail {
@@ -145,10 +146,12 @@ const float* decode_segment(const qmatrix<F>& w, index_t n, index_t k0, index_t 
         }
       }
 #endif
-      for (; k < g; ++k) {
-        const int nib = (p[k / 2] >> (4 * (k & 1))) & 0xF;
-        const int q = F::has_zero ? nib - z : (nib >= 8 ? nib - 16 : nib);
-        o[k] = static_cast<float>(q) * s;
+      if constexpr (!use_avx2<Arch>) {  // (the AVX2 loop covers the group: G is a multiple of 8)
+        for (; k < g; ++k) {
+          const int nib = (p[k / 2] >> (4 * (k & 1))) & 0xF;
+          const int q = F::has_zero ? nib - z : (nib >= 8 ? nib - 16 : nib);
+          o[k] = static_cast<float>(q) * s;
+        }
       }
     }
     return out;
@@ -165,24 +168,24 @@ template <class Arch, int MR, int NR>
 void dot_tile(index_t kc, const float* const* a, const float* const* b, float* sums) {
   using B = xsimd::batch<float, Arch>;
   constexpr index_t L = static_cast<index_t>(B::size);
+  // Every loop over the tile is fully unrolled (MOELA_UNROLL) so the MR x NR accumulators live
+  // in registers; without it GCC -O2 keeps them on the stack and each FMA waits on a store.
   B acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = B(0.0f);
+  MOELA_UNROLL for (int i = 0; i < MR; ++i) MOELA_UNROLL for (int j = 0; j < NR; ++j) acc[i][j] = B(0.0f);
   index_t k = 0;
   for (; k + L <= kc; k += L) {
     B bv[NR];
-    for (int j = 0; j < NR; ++j) bv[j] = B::load_unaligned(b[j] + k);
-    for (int i = 0; i < MR; ++i) {
+    MOELA_UNROLL for (int j = 0; j < NR; ++j) bv[j] = B::load_unaligned(b[j] + k);
+    MOELA_UNROLL for (int i = 0; i < MR; ++i) {
       const B av = B::load_unaligned(a[i] + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
+      MOELA_UNROLL for (int j = 0; j < NR; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      float s = hsum(acc[i][j]);
-      for (index_t t = k; t < kc; ++t) s += a[i][t] * b[j][t];
-      sums[i * NR + j] = s;
-    }
+  MOELA_UNROLL for (int i = 0; i < MR; ++i) MOELA_UNROLL for (int j = 0; j < NR; ++j) {
+    float s = hsum(acc[i][j]);
+    for (index_t t = k; t < kc; ++t) s += a[i][t] * b[j][t];
+    sums[i * NR + j] = s;
+  }
 }
 
 inline constexpr int tile_mr = 4, tile_nr = 3;
@@ -217,6 +220,31 @@ inline float* scratch_floats(std::size_t n) {
 template <class Arch, class F, bool Faithful>
 void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const qmatrix<F>& w, const float* xs) {
   const index_t N = w.rows(), K = w.cols();
+#ifdef MOELA_X86_AVX2_KERNELS
+  if constexpr (use_avx2<Arch> && !Faithful) {
+    if (M <= 4) {  // decode GEMV / tiny batches: fused decode-and-FMA kernels, rows split across threads
+      auto run = [&]<int MM>(std::integral_constant<int, MM>) {
+        if constexpr (F::kind == quant::format_kind::int4_group) {
+          const index_t ng = K / F::group;
+          thread_local std::vector<float> prep;  // grown once, reused across calls
+          if (prep.size() < static_cast<std::size_t>(MM * (K + ng))) prep.resize(static_cast<std::size_t>(MM * (K + ng)));
+          float* xp = prep.data();
+          float* xsum = prep.data() + MM * K;
+          for (int m = 0; m < MM; ++m) int4_prepare_x(x + m * ldx, K, F::group, xp + m * K, xsum + m * ng);
+          parallel_for(N, [&](index_t a, index_t b) { gemv_avx2_int4<F, MM>(w, xp, K, xsum, a, b, y, ldy); });
+        } else {
+          parallel_for(N, [&](index_t a, index_t b) { gemv_avx2<F, MM>(w, x, ldx, a, b, y, ldy); });
+        }
+      };
+      switch (M) {
+        case 1: run(std::integral_constant<int, 1>{}); return;
+        case 2: run(std::integral_constant<int, 2>{}); return;
+        case 3: run(std::integral_constant<int, 3>{}); return;
+        default: run(std::integral_constant<int, 4>{}); return;
+      }
+    }
+  }
+#endif
   const index_t kc = Faithful ? 128 : std::min<index_t>(512, (K + 127) / 128 * 128);
   const index_t nc = M <= 4 ? 8 : 48;
   const index_t nblocks = (N + nc - 1) / nc;

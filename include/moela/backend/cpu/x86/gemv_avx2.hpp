@@ -1,0 +1,212 @@
+#pragma once
+/// \file moela/backend/cpu/x86/gemv_avx2.hpp
+/// Fused decode-and-multiply GEMV kernels for M = 1..4 activation rows on AVX2 + FMA + F16C
+/// (internal; used by moela/backend/cpu/qgemm.hpp when compiled for AVX2 and not
+/// MOELA_FORCE_GENERIC). Weights are decoded in registers and multiplied immediately (no
+/// buffer round trip), scales are applied once per scale group to the partial sums.
+///
+/// Roofline (per call): bytes = w.bytes() + 4*M*K; FLOPs = 2*M*N*K. At M <= 4 the arithmetic
+/// intensity is <= 8 FLOP per weight byte for int4 and <= 2 for f32, far below the machine's
+/// FLOP/byte balance, so the target is streaming the weights at DRAM speed. Per 8 weights the
+/// inner loops issue: f32 1 FMA (load folded); bf16/fp16 2-3 uops + FMA; int8 3 + FMA;
+/// fp8 ~4 (128-bit integer ops, 1 F16C convert) + FMA; int4 3 + FMA (64 codes per 32-byte load,
+/// x pre-permuted so that nibble order needs no shuffles; the zero point / sign offset is
+/// removed per group with precomputed group sums of x).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "moela/backend/cpu/convert.hpp"
+#include "moela/quant/qmatrix.hpp"
+
+#ifdef MOELA_X86_AVX2_KERNELS
+#include <immintrin.h>
+
+namespace moela::detail {
+
+MOELA_ALWAYS_INLINE float hsum_ps(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+
+/// 8 consecutive weights of a non-int4 format starting at code pointer `p`, unscaled
+/// (fp8 E4M3: value / 256, the factor is folded into the scale).
+template <class F>
+MOELA_ALWAYS_INLINE __m256 load8(const typename F::code_type* p) {
+  using C = typename F::code_type;
+  if constexpr (std::is_same_v<C, float>) {
+    return _mm256_loadu_ps(p);
+  } else if constexpr (std::is_same_v<C, moela::bf16>) {
+    return bf16x8_to_ps(p);
+  } else if constexpr (std::is_same_v<C, moela::fp16>) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  } else if constexpr (std::is_same_v<C, std::int8_t>) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  } else if constexpr (std::is_same_v<C, fp8_e5m2>) {
+    const __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_cvtph_ps(_mm_slli_epi16(c, 8));
+  } else {  // fp8_e4m3: fp16 pattern (sign << 8 | mag << 7); NaN codes (mag 0x7F) -> fp16 NaN
+    const __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    const __m128i mag = _mm_and_si128(c, _mm_set1_epi16(0x7F));
+    __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x80)), 8), _mm_slli_epi16(mag, 7));
+    h = _mm_or_si128(h, _mm_and_si128(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7F)), _mm_set1_epi16(0x7E00)));
+    return _mm256_cvtph_ps(h);
+  }
+}
+
+/// Factor that turns load8's value into the code value (1, or 256 for E4M3).
+template <class F>
+inline constexpr float load8_rescale = std::is_same_v<typename F::code_type, fp8_e4m3> ? 256.0f : 1.0f;
+
+/// y[m, n] for n in [n0, n1), m < M, fast mode, formats other than int4. `x` rows have stride ldx.
+template <class F, int M>
+void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, index_t n1, float* y, index_t ldy) {
+  using namespace quant;
+  constexpr int R = M == 1 ? 4 : (M == 2 ? 2 : 1);
+  const index_t K = w.cols();
+  // Scale span along K: one scale per `span` weights (dense and rowwise: the whole row).
+  index_t span = K;
+  if constexpr (F::kind == format_kind::fp8_block || F::kind == format_kind::int8_group) span = F::group;
+  for (index_t n = n0; n < n1; n += R) {
+    const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
+    const typename F::code_type* rows[R];
+    for (int r = 0; r < R; ++r) rows[r] = w.row_codes(n + std::min(r, rr - 1));
+    __m256 total[R][M];
+    float stail[R][M] = {};
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) total[r][m] = _mm256_setzero_ps();
+    for (index_t g0 = 0; g0 < K; g0 += span) {
+      const index_t g1 = std::min(K, g0 + span);
+      __m256 acc[R][M];
+      float tail[R][M] = {};
+      MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+      index_t k = g0;
+      for (; k + 8 <= g1; k += 8) {
+        __m256 xv[M];
+        MOELA_UNROLL for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * ldx + k);
+        MOELA_UNROLL for (int r = 0; r < R; ++r) {
+          const __m256 wv = load8<F>(rows[r] + k);
+          MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(wv, xv[m], acc[r][m]);
+        }
+      }
+      for (; k < g1; ++k)
+        for (int r = 0; r < R; ++r) {
+          const float wv = w.code_at(n + std::min(r, rr - 1), k) / load8_rescale<F>;
+          for (int m = 0; m < M; ++m) tail[r][m] += wv * x[m * ldx + k];
+        }
+      if constexpr (F::has_scales) {
+        MOELA_UNROLL for (int r = 0; r < R; ++r) {
+          const float s = w.scale_at(n + std::min(r, rr - 1), g0) * load8_rescale<F>;
+          const __m256 sv = _mm256_set1_ps(s);
+          MOELA_UNROLL for (int m = 0; m < M; ++m) {
+            total[r][m] = _mm256_fmadd_ps(acc[r][m], sv, total[r][m]);
+            stail[r][m] += tail[r][m] * s;
+          }
+        }
+      } else {
+        MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) {
+          total[r][m] = _mm256_add_ps(total[r][m], acc[r][m]);
+          stail[r][m] += tail[r][m];
+        }
+      }
+    }
+    for (int r = 0; r < rr; ++r)
+      for (int m = 0; m < M; ++m) y[m * ldy + n + r] = hsum_ps(total[r][m]) + stail[r][m];
+  }
+}
+
+/// Permutes x for the int4 kernel: within each 64-wide chunk, xp[c*64 + s*8 + L] = x[c*64 + 8L + s]
+/// (the order in which nibble s of 32-bit lane L comes out of a 32-byte load); a last partial
+/// chunk (K % 64 == 32) is copied unpermuted. Also writes the group sums xsum[g] = Σ x over
+/// group g (G wide), used to remove the code offset (8 for signed codes, the zero point).
+inline void int4_prepare_x(const float* x, index_t K, index_t G, float* xp, float* xsum) {
+  index_t c = 0;
+  for (; c + 64 <= K; c += 64)
+    for (int s = 0; s < 8; ++s)
+      for (int L = 0; L < 8; ++L) xp[c + s * 8 + L] = x[c + 8 * L + s];
+  for (; c < K; ++c) xp[c] = x[c];
+  for (index_t g = 0; g < K / G; ++g) {
+    float s = 0;
+    for (index_t k = g * G; k < (g + 1) * G; ++k) s += x[k];
+    xsum[g] = s;
+  }
+}
+
+/// y[m, n] for n in [n0, n1), int4 formats. `xp` = int4_prepare_x'd rows (stride ldx), `xsum`
+/// rows of K/G group sums (stride K/G). Codes are taken as unsigned u (signed codes: u = c + 8,
+/// by flipping bit 3 of every nibble), so w = (u - z) * s with z = 8 or the zero point, and
+/// Σ w x = Σ_g s_g (Σ_{k in g} u_k x_k - z_g xsum_g).
+template <class F, int M>
+void gemv_avx2_int4(const qmatrix<F>& w, const float* xp, index_t ldx, const float* xsum, index_t n0, index_t n1,
+                    float* y, index_t ldy) {
+  constexpr index_t G = F::group;
+  constexpr int R = M == 1 ? 2 : 1;
+  const index_t K = w.cols(), ng = K / G, kfull = K / 64 * 64;
+  const __m256i mask = _mm256_set1_epi32(0x0F0F0F0F);
+  const __m256i flip = _mm256_set1_epi8(F::has_zero ? 0 : static_cast<char>(0x88));
+  for (index_t n = n0; n < n1; n += R) {
+    const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
+    const std::uint8_t* rows[R];
+    const typename F::scale_type* srow[R];
+    for (int r = 0; r < R; ++r) {
+      const index_t nr = n + std::min(r, rr - 1);
+      rows[r] = w.row_codes(nr);
+      srow[r] = w.scale_data() + nr * ng;
+    }
+    __m256 total[R][M];
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) total[r][m] = _mm256_setzero_ps();
+    for (index_t c = 0; c < kfull; c += 64) {
+      __m256 acc[R][M];
+      MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+      __m256i v[R];
+      MOELA_UNROLL for (int r = 0; r < R; ++r)
+        v[r] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + c / 2)), flip);
+      // Nibble s of each 32-bit lane: even s from the low nibbles, odd s from the high ones.
+      MOELA_UNROLL for (int r = 0; r < R; ++r) {
+        const __m256i lo = _mm256_and_si256(v[r], mask), hi = _mm256_and_si256(_mm256_srli_epi32(v[r], 4), mask);
+        MOELA_UNROLL for (int s = 0; s < 8; ++s) {
+          const __m256i src = (s & 1) ? hi : lo;
+          const __m256i q = _mm256_and_si256(_mm256_srli_epi32(src, 8 * (s / 2)), _mm256_set1_epi32(0xFF));
+          const __m256 wv = _mm256_cvtepi32_ps(q);
+          MOELA_UNROLL for (int m = 0; m < M; ++m)
+            acc[r][m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp + m * ldx + c + 8 * s), acc[r][m]);
+        }
+      }
+      // Scales: lane L covers k = c + 8L .. c + 8L + 7, i.e. group (c + 8L) / G.
+      MOELA_UNROLL for (int r = 0; r < R; ++r) {
+        __m256 sv;
+        if constexpr (G == 32) {
+          const float s0 = quant::detail::scale_to_float(srow[r][c / G]);
+          const float s1 = quant::detail::scale_to_float(srow[r][c / G + 1]);
+          sv = _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+        } else {
+          sv = _mm256_set1_ps(quant::detail::scale_to_float(srow[r][c / G]));
+        }
+        MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = _mm256_fmadd_ps(acc[r][m], sv, total[r][m]);
+      }
+    }
+    for (int r = 0; r < rr; ++r) {
+      const index_t nr = n + r;
+      for (int m = 0; m < M; ++m) {
+        float sum = hsum_ps(total[r][m]);
+        // Tail (K % 64 == 32): scalar over the unpermuted x copy.
+        for (index_t k = kfull; k < K; ++k) sum += w.at(nr, k) * xp[m * ldx + k];
+        // Offset removal over the full chunks' groups: - Σ_g s_g z_g xsum_g.
+        float corr = 0;
+        for (index_t g = 0; g < kfull / G; ++g) {
+          const float z = F::has_zero ? float(w.zero_data()[nr * ng + g]) : 8.0f;
+          corr += quant::detail::scale_to_float(srow[r][g]) * z * xsum[m * ng + g];
+        }
+        y[m * ldy + nr] = sum - corr;
+      }
+    }
+  }
+}
+
+}  // namespace moela::detail
+
+#endif  // MOELA_X86_AVX2_KERNELS

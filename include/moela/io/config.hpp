@@ -1,0 +1,430 @@
+#pragma once
+/// \file moela/io/config.hpp
+/// Hugging Face `config.json` of DeepSeek-V2 / V3 / R1 checkpoints -> `moela::io::model_config`.
+///
+/// `parse_config(text, label)` reads the JSON text, fills every field of the spec's config
+/// table (§1.1) and applies the defaults Hugging Face applies when a field is absent (per
+/// `model_type`, see `model_config` below), then `validate()`s the result. `load_config(path)`
+/// does the same for a file, or for a directory holding `config.json`.
+///
+/// Errors: broken JSON, an unknown `model_type`, a field of the wrong JSON type, a missing
+/// required value or an inconsistent one (for example `n_routed_experts` not divisible by
+/// `n_group`) throw `moela::error` with a message that names the file and the field.
+///
+/// Nothing here allocates model memory; the model code maps the config onto its parts.
+
+#include <cmath>
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "moela/core/config.hpp"
+#include "moela/core/error.hpp"
+
+namespace moela::io {
+
+/// `rope_scaling` of the config. `type == "none"` when the config has no rope_scaling
+/// (plain RoPE); otherwise `"yarn"` (the only scaling DeepSeek checkpoints use).
+struct rope_scaling_config {
+  std::string type = "none";
+  double factor = 1.0;                             ///< YaRN s
+  index_t original_max_position_embeddings = 4096; ///< pre-extension context
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double mscale = 1.0;          ///< scales cos/sin (as the ratio mscale_fn(mscale)/mscale_fn(mscale_all_dim))
+  double mscale_all_dim = 0.0;  ///< drives the softmax-scale correction; 0 (HF default) = none
+};
+
+/// `quantization_config` of FP8 checkpoints (DeepSeek-V3 style block quantization).
+struct quantization_config {
+  bool present = false;
+  std::string quant_method;          ///< "fp8"
+  std::string fmt = "e4m3";          ///< "e4m3"
+  std::string activation_scheme = "dynamic";
+  index_t block_rows = 128, block_cols = 128;  ///< weight_block_size
+  std::string scale_fmt;             ///< "" (fp32 scales) or "ue8m0" (V3.1 / V3.2)
+};
+
+/// The YaRN helper of DeepSeek's reference: 1 for s <= 1, else 0.1 * m * ln(s) + 1.
+inline double yarn_mscale(double s, double m) { return s <= 1.0 ? 1.0 : 0.1 * m * std::log(s) + 1.0; }
+
+/// Every config.json field that matters for inference (spec §1.1), with Hugging Face defaults.
+///
+/// Defaults when a field is absent, by model_type (transformers' DeepseekV2Config /
+/// DeepseekV3Config; where the two disagree with DeepSeek's own remote code the transformers
+/// value is used):
+/// | field | deepseek_v2 | deepseek_v3 |
+/// |---|---|---|
+/// | vocab_size | 32000 | 129280 |
+/// | hidden_size / intermediate_size | 4096 / 11008 | 7168 / 18432 |
+/// | moe_intermediate_size | 1407 | 2048 |
+/// | num_hidden_layers / num_attention_heads | 32 / 32 | 61 / 128 |
+/// | num_key_value_heads | = num_attention_heads | 128 |
+/// | q_lora_rank / kv_lora_rank | 1536 / 512 | 1536 / 512 |
+/// | qk_nope / qk_rope / v_head_dim | 128 / 64 / 128 | 128 / 64 / 128 |
+/// | n_routed_experts / n_shared_experts | 64 / 2 | 256 / 1 |
+/// | num_experts_per_tok | required when MoE | 8 |
+/// | n_group / topk_group | 1 / 1 (null) | 8 / 4 |
+/// | topk_method / scoring_func | greedy / softmax | noaux_tc / sigmoid |
+/// | norm_topk_prob / routed_scaling_factor | false / 1.0 | true / 2.5 |
+/// | first_k_dense_replace / moe_layer_freq | 0 / 1 | 3 / 1 |
+/// | max_position_embeddings | 2048 | 4096 |
+/// | bos / eos | 1 / 2 | 0 / 1 |
+/// | rms_norm_eps, rope_theta, hidden_act | 1e-6, 10000, silu | same |
+struct model_config {
+  std::string source = "<config>";  ///< file the config came from (for messages)
+  std::string model_type;           ///< "deepseek_v2" or "deepseek_v3"
+  std::vector<std::string> architectures;
+
+  index_t vocab_size = 0;
+  index_t hidden_size = 0;
+  index_t intermediate_size = 0;
+  index_t moe_intermediate_size = 0;
+  index_t num_hidden_layers = 0;
+  index_t num_attention_heads = 0;
+  index_t num_key_value_heads = 0;
+  index_t q_lora_rank = 0;  ///< 0 when `q_lora_rank` is null (no query compression)
+  index_t kv_lora_rank = 0;
+  index_t qk_nope_head_dim = 0;
+  index_t qk_rope_head_dim = 0;
+  index_t v_head_dim = 0;
+
+  index_t n_routed_experts = 0;  ///< 0 when null: every layer dense
+  index_t n_shared_experts = 0;
+  index_t num_experts_per_tok = 0;
+  index_t n_group = 1;
+  index_t topk_group = 1;
+  std::string topk_method;   ///< "greedy", "group_limited_greedy" or "noaux_tc"
+  std::string scoring_func;  ///< "softmax" or "sigmoid"
+  bool norm_topk_prob = false;
+  double routed_scaling_factor = 1.0;
+  index_t first_k_dense_replace = 0;
+  index_t moe_layer_freq = 1;
+
+  std::string hidden_act = "silu";
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  rope_scaling_config rope_scaling;
+  bool rope_interleave = true;
+  index_t max_position_embeddings = 0;
+  bool attention_bias = false;
+  bool tie_word_embeddings = false;
+  std::int64_t bos_token_id = -1;          ///< -1 when null
+  std::vector<std::int64_t> eos_token_ids; ///< `eos_token_id` (an int or a list)
+  index_t num_nextn_predict_layers = 0;
+  std::string torch_dtype;
+  quantization_config quantization;
+
+  // ---- derived quantities (spec §1.2) ----
+  index_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  /// Width of the cached latent per token and layer: kv_lora_rank + qk_rope_head_dim.
+  index_t latent_width() const { return kv_lora_rank + qk_rope_head_dim; }
+  index_t shared_intermediate_size() const { return n_shared_experts * moe_intermediate_size; }
+  bool has_moe() const { return n_routed_experts > 0; }
+  /// Spec §1.3: layer i is MoE iff experts exist, i >= first_k_dense_replace and i % moe_layer_freq == 0.
+  bool is_moe_layer(index_t i) const {
+    return n_routed_experts > 0 && i >= first_k_dense_replace && i % moe_layer_freq == 0;
+  }
+  /// `qk_head_dim^-0.5 * mscale_fn(factor, mscale_all_dim)^2` (only when mscale_all_dim is set,
+  /// as in the reference code).
+  double softmax_scale() const {
+    double s = 1.0 / std::sqrt(static_cast<double>(qk_head_dim()));
+    if (rope_scaling.type == "yarn" && rope_scaling.mscale_all_dim != 0.0) {
+      const double m = yarn_mscale(rope_scaling.factor, rope_scaling.mscale_all_dim);
+      s *= m * m;
+    }
+    return s;
+  }
+  bool is_fp8() const { return quantization.present && quantization.quant_method == "fp8"; }
+
+  /// Checks every value and every relation between values; throws naming the field.
+  void validate() const;
+};
+
+namespace detail {
+
+class config_reader {
+ public:
+  config_reader(const nlohmann::json& j, const std::string& src) : j_(j), src_(src) {}
+
+  [[noreturn]] void bad(const std::string& field, const std::string& why) const {
+    fail("config: '", src_, "' field '", field, "' ", why);
+  }
+  bool has(const char* k) const { return j_.contains(k) && !j_.at(k).is_null(); }
+
+  /// An integer field; `dflt` when absent or null.
+  index_t integer(const char* k, index_t dflt) const {
+    if (!has(k)) return dflt;
+    const auto& v = j_.at(k);
+    if (v.is_number_integer()) return static_cast<index_t>(v.get<std::int64_t>());
+    if (v.is_number_float()) {
+      const double d = v.get<double>();
+      if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e15) return static_cast<index_t>(d);
+    }
+    bad(k, "must be an integer, got " + v.dump());
+  }
+  double number(const char* k, double dflt) const {
+    if (!has(k)) return dflt;
+    const auto& v = j_.at(k);
+    if (!v.is_number()) bad(k, "must be a number, got " + v.dump());
+    return v.get<double>();
+  }
+  bool boolean(const char* k, bool dflt) const {
+    if (!has(k)) return dflt;
+    const auto& v = j_.at(k);
+    if (!v.is_boolean()) bad(k, "must be true or false, got " + v.dump());
+    return v.get<bool>();
+  }
+  std::string string(const char* k, const std::string& dflt) const {
+    if (!has(k)) return dflt;
+    const auto& v = j_.at(k);
+    if (!v.is_string()) bad(k, "must be a string, got " + v.dump());
+    return v.get<std::string>();
+  }
+
+ private:
+  const nlohmann::json& j_;
+  const std::string& src_;
+};
+
+inline std::string json_excerpt(const nlohmann::json& v) {
+  std::string s = v.dump();
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+
+}  // namespace detail
+
+/// Parses config.json text. `label` names the source in error messages.
+inline model_config parse_config(const std::string& text, const std::string& label = "<config>") {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  check(!j.is_discarded(), "config: '", label, "' is not valid JSON");
+  check(j.is_object(), "config: '", label, "' is not a JSON object");
+  detail::config_reader r(j, label);
+
+  model_config c;
+  c.source = label;
+  check(r.has("model_type"), "config: '", label, "' field 'model_type' is missing (expected deepseek_v2 or deepseek_v3)");
+  c.model_type = r.string("model_type", "");
+  if (c.model_type != "deepseek_v2" && c.model_type != "deepseek_v3")
+    r.bad("model_type", "is '" + c.model_type + "'; moela reads deepseek_v2 and deepseek_v3");
+  const bool v3 = c.model_type == "deepseek_v3";
+
+  if (r.has("architectures")) {
+    const auto& a = j.at("architectures");
+    if (!a.is_array()) r.bad("architectures", "must be a list of strings");
+    for (const auto& e : a) {
+      if (!e.is_string()) r.bad("architectures", "must be a list of strings");
+      c.architectures.push_back(e.get<std::string>());
+    }
+  }
+
+  c.vocab_size = r.integer("vocab_size", v3 ? 129280 : 32000);
+  c.hidden_size = r.integer("hidden_size", v3 ? 7168 : 4096);
+  c.intermediate_size = r.integer("intermediate_size", v3 ? 18432 : 11008);
+  c.moe_intermediate_size = r.integer("moe_intermediate_size", v3 ? 2048 : 1407);
+  c.num_hidden_layers = r.integer("num_hidden_layers", v3 ? 61 : 32);
+  c.num_attention_heads = r.integer("num_attention_heads", v3 ? 128 : 32);
+  c.num_key_value_heads = r.integer("num_key_value_heads", v3 ? 128 : c.num_attention_heads);
+  // q_lora_rank: null means "no query compression"; absent means the HF default 1536.
+  if (j.contains("q_lora_rank") && j.at("q_lora_rank").is_null()) c.q_lora_rank = 0;
+  else c.q_lora_rank = r.integer("q_lora_rank", 1536);
+  c.kv_lora_rank = r.integer("kv_lora_rank", 512);
+  c.qk_nope_head_dim = r.integer("qk_nope_head_dim", 128);
+  c.qk_rope_head_dim = r.integer("qk_rope_head_dim", 64);
+  c.v_head_dim = r.integer("v_head_dim", 128);
+
+  if (j.contains("n_routed_experts") && j.at("n_routed_experts").is_null()) c.n_routed_experts = 0;
+  else c.n_routed_experts = r.integer("n_routed_experts", v3 ? 256 : 64);
+  c.n_shared_experts = r.integer("n_shared_experts", v3 ? 1 : 2);
+  c.num_experts_per_tok = r.integer("num_experts_per_tok", v3 ? 8 : 0);
+  c.n_group = r.integer("n_group", v3 ? 8 : 1);
+  c.topk_group = r.integer("topk_group", v3 ? 4 : 1);
+  c.topk_method = r.string("topk_method", v3 ? "noaux_tc" : "greedy");
+  if (c.topk_method == "gready") c.topk_method = "greedy";  // the misspelt default of DeepSeek's remote code
+  c.scoring_func = r.string("scoring_func", v3 ? "sigmoid" : "softmax");
+  c.norm_topk_prob = r.boolean("norm_topk_prob", v3);
+  c.routed_scaling_factor = r.number("routed_scaling_factor", v3 ? 2.5 : 1.0);
+  c.first_k_dense_replace = r.integer("first_k_dense_replace", v3 ? 3 : 0);
+  c.moe_layer_freq = r.integer("moe_layer_freq", 1);
+
+  c.hidden_act = r.string("hidden_act", "silu");
+  c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
+  c.rope_theta = r.number("rope_theta", 10000.0);
+  c.rope_interleave = r.boolean("rope_interleave", true);
+  c.max_position_embeddings = r.integer("max_position_embeddings", v3 ? 4096 : 2048);
+  c.attention_bias = r.boolean("attention_bias", false);
+  c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
+  c.bos_token_id = r.integer("bos_token_id", v3 ? 0 : 1);
+  if (j.contains("bos_token_id") && j.at("bos_token_id").is_null()) c.bos_token_id = -1;
+  if (r.has("eos_token_id") && j.at("eos_token_id").is_array()) {
+    for (const auto& e : j.at("eos_token_id")) {
+      if (!e.is_number_integer()) r.bad("eos_token_id", "must be an integer or a list of integers");
+      c.eos_token_ids.push_back(e.get<std::int64_t>());
+    }
+  } else if (!(j.contains("eos_token_id") && j.at("eos_token_id").is_null())) {
+    c.eos_token_ids.push_back(r.integer("eos_token_id", v3 ? 1 : 2));
+  }
+  c.num_nextn_predict_layers = r.integer("num_nextn_predict_layers", 0);
+  c.torch_dtype = r.string("torch_dtype", "");
+
+  if (r.has("rope_scaling")) {
+    const auto& rs = j.at("rope_scaling");
+    if (!rs.is_object()) r.bad("rope_scaling", "must be an object or null, got " + detail::json_excerpt(rs));
+    const std::string sub = label;
+    detail::config_reader rr(rs, sub);
+    auto field = [](const char* k) { return std::string("rope_scaling.") + k; };
+    // transformers writes "rope_type", older configs "type".
+    std::string type = rr.has("rope_type") ? rr.string("rope_type", "") : rr.string("type", "");
+    if (type.empty()) r.bad("rope_scaling.type", "is missing");
+    if (type != "yarn") r.bad("rope_scaling.type", "is '" + type + "'; DeepSeek models use 'yarn'");
+    c.rope_scaling.type = type;
+    try {
+      if (!rr.has("factor")) r.bad(field("factor"), "is missing");
+      c.rope_scaling.factor = rr.number("factor", 1.0);
+      c.rope_scaling.original_max_position_embeddings = rr.integer("original_max_position_embeddings", 4096);
+      c.rope_scaling.beta_fast = rr.number("beta_fast", 32.0);
+      c.rope_scaling.beta_slow = rr.number("beta_slow", 1.0);
+      c.rope_scaling.mscale = rr.number("mscale", 1.0);
+      c.rope_scaling.mscale_all_dim = rr.number("mscale_all_dim", 0.0);
+    } catch (const moela::error& e) {
+      // The nested reader names the key only; say it lives under rope_scaling.
+      std::string m = e.what();
+      const auto at = m.find("field '");
+      if (at != std::string::npos && m.compare(at + 7, 13, "rope_scaling.") != 0) m.insert(at + 7, "rope_scaling.");
+      throw moela::error(m);
+    }
+  }
+
+  if (r.has("quantization_config")) {
+    const auto& q = j.at("quantization_config");
+    if (!q.is_object()) r.bad("quantization_config", "must be an object");
+    detail::config_reader qr(q, label);
+    auto& qc = c.quantization;
+    qc.present = true;
+    qc.quant_method = qr.has("quant_method") ? qr.string("quant_method", "") : "";
+    if (qc.quant_method != "fp8")
+      r.bad("quantization_config.quant_method", "is '" + qc.quant_method + "'; moela reads 'fp8' block quantization");
+    if (q.contains("fmt") && !q.at("fmt").is_string()) r.bad("quantization_config.fmt", "must be a string");
+    qc.fmt = qr.string("fmt", "e4m3");
+    if (qc.fmt != "e4m3") r.bad("quantization_config.fmt", "is '" + qc.fmt + "'; only 'e4m3' is supported");
+    if (q.contains("activation_scheme") && !q.at("activation_scheme").is_string())
+      r.bad("quantization_config.activation_scheme", "must be a string");
+    qc.activation_scheme = qr.string("activation_scheme", "dynamic");
+    if (q.contains("weight_block_size") && !q.at("weight_block_size").is_null()) {
+      const auto& b = q.at("weight_block_size");
+      if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_integer())
+        r.bad("quantization_config.weight_block_size", "must be two integers, got " + detail::json_excerpt(b));
+      qc.block_rows = static_cast<index_t>(b[0].get<std::int64_t>());
+      qc.block_cols = static_cast<index_t>(b[1].get<std::int64_t>());
+      if (qc.block_rows <= 0 || qc.block_cols <= 0)
+        r.bad("quantization_config.weight_block_size", "must be positive, got " + detail::json_excerpt(b));
+    }
+    if (q.contains("scale_fmt") && !q.at("scale_fmt").is_null()) {
+      if (!q.at("scale_fmt").is_string()) r.bad("quantization_config.scale_fmt", "must be a string");
+      qc.scale_fmt = q.at("scale_fmt").get<std::string>();
+    }
+  }
+  if (r.has("scale_fmt")) c.quantization.scale_fmt = r.string("scale_fmt", "");
+
+  c.validate();
+  return c;
+}
+
+inline void model_config::validate() const {
+  auto bad = [&](const char* field, auto&&... why) { fail("config: '", source, "' field '", field, "' ", why...); };
+  auto positive = [&](const char* field, index_t v) {
+    if (v <= 0) bad(field, "must be positive, got ", v);
+  };
+  positive("vocab_size", vocab_size);
+  positive("hidden_size", hidden_size);
+  positive("num_hidden_layers", num_hidden_layers);
+  positive("num_attention_heads", num_attention_heads);
+  positive("kv_lora_rank", kv_lora_rank);
+  positive("qk_nope_head_dim", qk_nope_head_dim);
+  positive("qk_rope_head_dim", qk_rope_head_dim);
+  positive("v_head_dim", v_head_dim);
+  positive("max_position_embeddings", max_position_embeddings);
+  if (num_key_value_heads < 0) bad("num_key_value_heads", "must not be negative, got ", num_key_value_heads);
+  if (q_lora_rank < 0) bad("q_lora_rank", "must be positive or null, got ", q_lora_rank);
+  if (qk_rope_head_dim % 2 != 0) bad("qk_rope_head_dim", "must be even (RoPE rotates pairs), got ", qk_rope_head_dim);
+  const constexpr index_t big = index_t{1} << 24;
+  for (auto [name, v] : {std::pair{"vocab_size", vocab_size}, {"hidden_size", hidden_size},
+                         {"intermediate_size", intermediate_size}, {"moe_intermediate_size", moe_intermediate_size},
+                         {"num_hidden_layers", num_hidden_layers}, {"num_attention_heads", num_attention_heads},
+                         {"q_lora_rank", q_lora_rank}, {"kv_lora_rank", kv_lora_rank},
+                         {"qk_nope_head_dim", qk_nope_head_dim}, {"qk_rope_head_dim", qk_rope_head_dim},
+                         {"v_head_dim", v_head_dim}, {"n_routed_experts", n_routed_experts},
+                         {"n_shared_experts", n_shared_experts}})
+    if (v > big) bad(name, "is implausibly large (", v, ")");
+  if (hidden_act != "silu") bad("hidden_act", "is '", hidden_act, "'; DeepSeek models use 'silu'");
+  if (!(rms_norm_eps > 0.0) || !std::isfinite(rms_norm_eps)) bad("rms_norm_eps", "must be positive, got ", rms_norm_eps);
+  if (!(rope_theta > 0.0) || !std::isfinite(rope_theta)) bad("rope_theta", "must be positive, got ", rope_theta);
+  if (!rope_interleave) bad("rope_interleave", "is false; DeepSeek checkpoints store interleaved rotary pairs");
+  if (attention_bias) bad("attention_bias", "is true; DeepSeek models have no attention biases");
+  if (first_k_dense_replace < 0) bad("first_k_dense_replace", "must not be negative, got ", first_k_dense_replace);
+  if (moe_layer_freq <= 0) bad("moe_layer_freq", "must be positive, got ", moe_layer_freq);
+  if (n_routed_experts < 0) bad("n_routed_experts", "must not be negative, got ", n_routed_experts);
+  bool any_dense = false;
+  for (index_t i = 0; i < num_hidden_layers && i <= first_k_dense_replace + moe_layer_freq; ++i)
+    any_dense = any_dense || !is_moe_layer(i);
+  if (any_dense) positive("intermediate_size", intermediate_size);
+  if (has_moe()) {
+    positive("moe_intermediate_size", moe_intermediate_size);
+    if (n_shared_experts < 0) bad("n_shared_experts", "must not be negative, got ", n_shared_experts);
+    if (num_experts_per_tok <= 0) bad("num_experts_per_tok", "must be set (positive) when n_routed_experts is set");
+    if (num_experts_per_tok > n_routed_experts)
+      bad("num_experts_per_tok", "(", num_experts_per_tok, ") exceeds n_routed_experts (", n_routed_experts, ")");
+    if (n_group <= 0) bad("n_group", "must be positive, got ", n_group);
+    if (n_routed_experts % n_group != 0)
+      bad("n_group", "(", n_group, ") must divide n_routed_experts (", n_routed_experts, ")");
+    if (topk_group <= 0 || topk_group > n_group)
+      bad("topk_group", "must be in [1, n_group = ", n_group, "], got ", topk_group);
+    if (num_experts_per_tok > topk_group * (n_routed_experts / n_group))
+      bad("num_experts_per_tok", "(", num_experts_per_tok, ") exceeds the experts in topk_group groups (",
+          topk_group * (n_routed_experts / n_group), ")");
+    if (topk_method != "greedy" && topk_method != "group_limited_greedy" && topk_method != "noaux_tc")
+      bad("topk_method", "is '", topk_method, "'; expected greedy, group_limited_greedy or noaux_tc");
+    if (topk_method == "noaux_tc" && n_routed_experts / n_group < 2)
+      bad("n_group", "leaves fewer than 2 experts per group, which noaux_tc's top-2 group score needs");
+    if (scoring_func != "softmax" && scoring_func != "sigmoid")
+      bad("scoring_func", "is '", scoring_func, "'; expected softmax or sigmoid");
+    if (!std::isfinite(routed_scaling_factor) || routed_scaling_factor <= 0.0)
+      bad("routed_scaling_factor", "must be positive, got ", routed_scaling_factor);
+  }
+  if (rope_scaling.type == "yarn") {
+    if (!(rope_scaling.factor >= 1.0) || !std::isfinite(rope_scaling.factor))
+      bad("rope_scaling.factor", "must be >= 1, got ", rope_scaling.factor);
+    if (rope_scaling.original_max_position_embeddings <= 0)
+      bad("rope_scaling.original_max_position_embeddings", "must be positive, got ",
+          rope_scaling.original_max_position_embeddings);
+    if (!std::isfinite(rope_scaling.beta_fast) || !std::isfinite(rope_scaling.beta_slow) ||
+        !(rope_scaling.beta_fast > 0.0) || !(rope_scaling.beta_slow > 0.0))
+      bad("rope_scaling.beta_fast", "and beta_slow must be positive, got ", rope_scaling.beta_fast, " and ",
+          rope_scaling.beta_slow);
+    if (!std::isfinite(rope_scaling.mscale) || !std::isfinite(rope_scaling.mscale_all_dim))
+      bad("rope_scaling.mscale", "and mscale_all_dim must be finite");
+  }
+  if (bos_token_id >= vocab_size) bad("bos_token_id", "(", bos_token_id, ") is not below vocab_size (", vocab_size, ")");
+  for (auto e : eos_token_ids)
+    if (e < 0 || e >= vocab_size) bad("eos_token_id", "(", e, ") is not in [0, vocab_size = ", vocab_size, ")");
+}
+
+/// Reads `path` (a config.json, or a directory containing one) and parses it.
+inline model_config load_config(const std::string& path) {
+  std::string file = path;
+  {
+    std::ifstream probe(file + "/config.json");
+    if (probe) file += "/config.json";
+  }
+  std::ifstream in(file, std::ios::binary);
+  check(static_cast<bool>(in), "config: cannot open '", file, "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), file);
+}
+
+}  // namespace moela::io

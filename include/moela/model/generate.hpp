@@ -1,0 +1,171 @@
+#pragma once
+/// \file moela/model/generate.hpp
+/// Autoregressive generation: one prefill step over the prompt(s), then one decode step per new
+/// token, sampling with `sampler` (greedy, temperature, top-k, top-p, seeded), stopping at a
+/// stop token, at `max_new_tokens`, or when the streaming callback says so. Prefill and decode
+/// are timed separately.
+///
+///   moela::generate_options o;  o.max_new_tokens = 100;  o.stop_tokens = {257};
+///   o.on_token = [](index_t seq, int tok) { std::putchar(tok); return true; };  // streaming
+///   auto r = moela::generate(model, cache, prompt, o, sampler);
+///   r.stats.prefill_tokens_per_s(), r.stats.decode_tokens_per_s()
+///
+/// `generate_batch` runs several prompts of different lengths together: one prefill step with
+/// a chunk per prompt, then decode steps over all sequences still running (each with its own
+/// sampler seeded `seed + index`). Sequences are added to the cache at the start and removed at
+/// the end, so one cache serves many calls.
+///
+/// Errors: an empty prompt, a token outside the vocabulary, or a cache that cannot hold
+/// prompt + max_new_tokens throw `moela::error` (from the model or the cache).
+
+#include <chrono>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "moela/model/model.hpp"
+#include "moela/model/sampling.hpp"
+
+namespace moela {
+
+struct generate_options {
+  index_t max_new_tokens = 64;
+  sampling_params sampling{};    ///< used by generate_batch (generate takes a sampler)
+  std::vector<int> stop_tokens;  ///< generation of a sequence ends after emitting one of these
+  /// Called for every generated token (stop tokens included); return false to stop that sequence.
+  std::function<bool(index_t seq, int token)> on_token;
+};
+
+struct generate_stats {
+  index_t prompt_tokens = 0;     ///< tokens prefilled
+  index_t generated_tokens = 0;  ///< tokens sampled (the first comes from the prefill logits)
+  index_t decode_steps = 0;      ///< forward steps after the prefill
+  index_t decode_tokens = 0;     ///< tokens processed by those steps
+  double prefill_seconds = 0, decode_seconds = 0;
+  double prefill_tokens_per_s() const { return prefill_seconds > 0 ? double(prompt_tokens) / prefill_seconds : 0.0; }
+  double decode_tokens_per_s() const { return decode_seconds > 0 ? double(decode_tokens) / decode_seconds : 0.0; }
+};
+
+struct generate_result {
+  std::vector<std::vector<int>> tokens;  ///< generated tokens per prompt (stop token included)
+  std::vector<bool> stopped;             ///< true where a stop token (or the callback) ended it
+  generate_stats stats;
+};
+
+namespace detail {
+template <class Model, class Cache>
+generate_result run_generation(Model& m, Cache& cache, std::span<const std::vector<int>> prompts,
+                               const generate_options& o, std::span<sampler*> samplers) {
+  using clock = std::chrono::steady_clock;
+  const std::size_t B = prompts.size();
+  generate_result r;
+  r.tokens.resize(B);
+  r.stopped.assign(B, false);
+  if (B == 0) return r;
+  std::vector<index_t> seq(B);
+  std::vector<step_chunk> chunks;
+  std::vector<int> tokens;
+  for (std::size_t b = 0; b < B; ++b) {
+    check(!prompts[b].empty(), "generate: prompt ", b, " is empty");
+    tokens.insert(tokens.end(), prompts[b].begin(), prompts[b].end());
+    r.stats.prompt_tokens += static_cast<index_t>(prompts[b].size());
+  }
+  for (std::size_t b = 0; b < B; ++b) seq[b] = cache.add_sequence();
+  struct release {
+    Cache& c;
+    std::vector<index_t>& s;
+    ~release() {
+      for (auto q : s) c.remove_sequence(q);
+    }
+  } guard{cache, seq};
+  for (std::size_t b = 0; b < B; ++b) chunks.push_back({seq[b], static_cast<index_t>(prompts[b].size())});
+
+  tensor<float, 2> logits;
+  std::vector<bool> live(B, o.max_new_tokens > 0);
+  auto take = [&](std::size_t b, const float* row) {
+    const int tok = (*samplers[b])(std::span<const float>(row, static_cast<std::size_t>(m.config().vocab_size)));
+    r.tokens[b].push_back(tok);
+    ++r.stats.generated_tokens;
+    bool keep = true;
+    if (o.on_token) keep = o.on_token(static_cast<index_t>(b), tok);
+    for (int s : o.stop_tokens) keep = keep && tok != s;
+    if (!keep) r.stopped[b] = true;
+    if (!keep || static_cast<index_t>(r.tokens[b].size()) >= o.max_new_tokens) live[b] = false;
+  };
+
+  auto t0 = clock::now();
+  m.forward(cache, chunks, tokens, logits, logits_rows::last);
+  r.stats.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  if (o.max_new_tokens <= 0) return r;
+  for (std::size_t b = 0; b < B; ++b) take(b, &logits(static_cast<index_t>(b), 0));
+
+  std::vector<std::size_t> rows;
+  while (true) {
+    chunks.clear();
+    tokens.clear();
+    rows.clear();
+    for (std::size_t b = 0; b < B; ++b)
+      if (live[b]) {
+        chunks.push_back({seq[b], 1});
+        tokens.push_back(r.tokens[b].back());
+        rows.push_back(b);
+      }
+    if (chunks.empty()) break;
+    t0 = clock::now();
+    m.forward(cache, chunks, tokens, logits, logits_rows::last);
+    r.stats.decode_seconds += std::chrono::duration<double>(clock::now() - t0).count();
+    ++r.stats.decode_steps;
+    r.stats.decode_tokens += static_cast<index_t>(chunks.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) take(rows[i], &logits(static_cast<index_t>(i), 0));
+  }
+  return r;
+}
+}  // namespace detail
+
+/// Generates for one prompt with `smp` (shared across calls, so several prompts in a row draw
+/// from one random stream).
+template <class Model, class Cache>
+generate_result generate(Model& m, Cache& cache, const std::vector<int>& prompt, const generate_options& o, sampler& smp) {
+  sampler* s[1] = {&smp};
+  return detail::run_generation(m, cache, std::span<const std::vector<int>>(&prompt, 1), o, std::span<sampler*>(s));
+}
+
+/// Generates for several prompts at once (batched decode over the cache).
+template <class Model, class Cache>
+generate_result generate_batch(Model& m, Cache& cache, std::span<const std::vector<int>> prompts,
+                               const generate_options& o) {
+  std::vector<sampler> own;
+  own.reserve(prompts.size());
+  std::vector<sampler*> ptr;
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    auto p = o.sampling;
+    p.seed += b;
+    own.emplace_back(p);
+  }
+  for (auto& s : own) ptr.push_back(&s);
+  return detail::run_generation(m, cache, prompts, o, std::span<sampler*>(ptr));
+}
+
+// Helpers of model::generate (found by argument-dependent lookup when the member is instantiated).
+template <class Model, class OnToken>
+generate_options make_generate_options(const Model& m, index_t max_new_tokens, OnToken& on_token) {
+  generate_options o;
+  o.max_new_tokens = max_new_tokens;
+  for (auto e : m.config().eos_token_ids) o.stop_tokens.push_back(static_cast<int>(e));
+  o.on_token = [&on_token](index_t, int t) { return static_cast<bool>(on_token(t)); };
+  return o;
+}
+template <class Model>
+sampler make_sampler(const Model&, const sampling_params& p) {
+  return sampler(p);
+}
+template <class Model, class Cache>
+std::vector<int> generate_one(Model& m, Cache& cache, const std::vector<int>& prompt, const generate_options& o,
+                              sampler& s) {
+  return generate(m, cache, prompt, o, s).tokens[0];
+}
+
+/// `moela::sampling` is the parameter struct of the sampler.
+using sampling = sampling_params;
+
+}  // namespace moela

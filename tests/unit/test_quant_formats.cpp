@@ -1,0 +1,219 @@
+// Weight formats: quantize/dequantize round trip within each format's bound (against float64),
+// borrow/owning construction, storage sizes, SIMD decoders equal the scalar reference bit for
+// bit, and bad input errors.
+#include <doctest/doctest.h>
+
+#include <moela/quant.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+
+using namespace moela;
+namespace q = moela::quant;
+
+TYPE_TO_STRING(q::f32);
+TYPE_TO_STRING(q::bf16);
+TYPE_TO_STRING(q::fp16);
+TYPE_TO_STRING(q::fp8_block<128, 128>);
+TYPE_TO_STRING(q::fp8_block_e5m2<128, 128>);
+TYPE_TO_STRING(q::int8_rowwise<>);
+TYPE_TO_STRING(q::int8_rowwise<moela::bf16>);
+TYPE_TO_STRING(q::int8_group<32>);
+TYPE_TO_STRING(q::int8_group<64, moela::bf16>);
+TYPE_TO_STRING(q::int4_group<32>);
+TYPE_TO_STRING(q::int4_group<64>);
+TYPE_TO_STRING(q::int4_group<128>);
+TYPE_TO_STRING(q::int4_group_asym<32>);
+TYPE_TO_STRING(q::int4_group_asym<64>);
+TYPE_TO_STRING(q::int4_group_asym<128, moela::bf16>);
+
+#define MOELA_ALL_FORMATS                                                                                 \
+  q::f32, q::bf16, q::fp16, q::fp8_block<128, 128>, q::fp8_block_e5m2<128, 128>, q::int8_rowwise<>,       \
+      q::int8_rowwise<moela::bf16>, q::int8_group<32>, q::int8_group<64, moela::bf16>, q::int4_group<32>, \
+      q::int4_group<64>, q::int4_group<128>, q::int4_group_asym<32>, q::int4_group_asym<64>,              \
+      q::int4_group_asym<128, moela::bf16>
+
+namespace {
+
+tensor<float, 2> random_matrix(std::mt19937& rng, index_t r, index_t c, float sd) {
+  std::normal_distribution<float> d(0.f, sd);
+  tensor<float, 2> t({r, c});
+  for (auto& v : t.flat()) v = d(rng);
+  return t;
+}
+
+/// Largest allowed |dequant(w) - w| for weight (r, c), from the format's precision:
+///  - bf16 / fp16: half an ulp, 2^-9 / 2^-11 relative (normal range; the test values are normal);
+///  - fp8: half an ulp of E4M3 (2^-4 relative) or E5M2 (2^-3), or half the smallest subnormal
+///    step (2^-10 resp. 2^-17, times the scale) for tiny values, after one fp32 multiply;
+///  - int8 / int4 symmetric: half a scale step (rne), plus the bf16 scale's rounding, which the
+///    quantizer compensates by using the rounded scale (so it stays half a step);
+///  - int4 asymmetric: half a step, plus up to half a step of zero-point rounding.
+template <class F>
+double bound(const qmatrix<F>& w, double wv, index_t r, index_t c) {
+  const double a = std::fabs(wv);
+  const double s = w.scale_at(r, c);
+  const double fp32_mul = a * std::ldexp(1.0, -23);
+  if constexpr (F::kind == q::format_kind::dense) {
+    if constexpr (std::is_same_v<typename F::code_type, float>) return 0;
+    else if constexpr (std::is_same_v<typename F::code_type, moela::bf16>) return a * std::ldexp(1.0, -8);
+    else return a * std::ldexp(1.0, -11) + std::ldexp(1.0, -25);
+  } else if constexpr (F::kind == q::format_kind::fp8_block) {
+    constexpr bool e5 = std::is_same_v<typename F::code_type, fp8_e5m2>;
+    return std::max(a * std::ldexp(1.0, e5 ? -3 : -4), s * std::ldexp(1.0, e5 ? -17 : -10)) + fp32_mul;
+  } else if constexpr (F::has_zero) {
+    return s * 1.0 + fp32_mul;
+  } else {
+    return s * 0.5 * (1 + 1e-6) + fp32_mul;
+  }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("quantize -> dequantize round trip stays within the format's bound", F, MOELA_ALL_FORMATS) {
+  std::mt19937 rng(20240501);
+  const index_t n = 131, k = (F::group > 1 ? F::group * 3 : 259);
+  auto wf = random_matrix(rng, n, k, 0.02f);
+  wf(0, 0) = 0.f;  // exact zero
+  wf(1, 1) = 0.3f;  // an outlier
+  const auto w = qmatrix<F>::quantize(wf.cview());
+  CHECK(w.rows() == n);
+  CHECK(w.cols() == k);
+  CHECK(w.owns_storage());
+  const auto d = w.dequantize();
+  for (index_t r = 0; r < n; ++r)
+    for (index_t c = 0; c < k; ++c) {
+      const double err = std::fabs(double(d(r, c)) - double(wf(r, c)));
+      if (err > bound(w, wf(r, c), r, c)) {
+        CAPTURE(r);
+        CAPTURE(c);
+        CHECK(err <= bound(w, wf(r, c), r, c));
+      }
+    }
+  CHECK(d(0, 0) == (F::has_zero ? d(0, 0) : 0.f));
+  // bytes(): codes + scales (+ zero points).
+  std::size_t want = static_cast<std::size_t>(n * k) * (F::packed4 ? 1 : sizeof(typename F::code_type)) / (F::packed4 ? 2 : 1);
+  if constexpr (F::has_scales) want += static_cast<std::size_t>(w.scale_rows() * w.scale_cols()) * sizeof(typename F::scale_type);
+  if constexpr (F::has_zero) want += static_cast<std::size_t>(w.scale_rows() * w.scale_cols());
+  CHECK(w.bytes() == want);
+}
+
+TEST_CASE_TEMPLATE("SIMD and portable decoders equal the scalar dequantization bit for bit", F, MOELA_ALL_FORMATS) {
+  std::mt19937 rng(11);
+  const index_t n = 9, k = (F::group > 1 ? F::group * 5 : 389);
+  const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 1.0f).cview());
+  std::vector<float> ref(static_cast<std::size_t>(k)), buf(static_cast<std::size_t>(k)), buf2(buf.size());
+  for (index_t r = 0; r < n; ++r) {
+    w.dequantize_row(r, ref);
+    // Segments aligned like the kernel driver's K blocks (multiples of 128), and the full row.
+    for (index_t k0 = 0; k0 < k; k0 += 128) {
+      const index_t k1 = std::min(k, k0 + 128);
+      const float* p = moela::detail::decode_segment<xsimd::default_arch>(w, r, k0, k1, buf.data(), true);
+      const float* p2 = moela::detail::decode_segment<xsimd::sse2>(w, r, k0, k1, buf2.data(), true);
+      CHECK(std::memcmp(p, ref.data() + k0, sizeof(float) * static_cast<std::size_t>(k1 - k0)) == 0);
+      CHECK(std::memcmp(p2, ref.data() + k0, sizeof(float) * static_cast<std::size_t>(k1 - k0)) == 0);
+    }
+  }
+}
+
+TEST_CASE("borrow: zero-copy views over external memory, and shape errors") {
+  std::mt19937 rng(2);
+  const auto wf = random_matrix(rng, 200, 300, 0.1f);
+  using F8 = q::fp8_block<128, 128>;
+  const auto owned = qmatrix<F8>::quantize(wf.cview());
+  const auto b = qmatrix<F8>::borrow(owned.codes(), owned.scales());
+  CHECK_FALSE(b.owns_storage());
+  CHECK(b.row_codes(0) == owned.row_codes(0));
+  CHECK(b.scale_rows() == 2);
+  CHECK(b.scale_cols() == 3);
+  // Wrong scale grid (transposed) is an error naming the expected shape.
+  tensor<float, 2> st({3, 2});
+  try {
+    (void)qmatrix<F8>::borrow(owned.codes(), st.cview());
+    FAIL("no error");
+  } catch (const moela::error& e) {
+    CHECK(std::string(e.what()).find("[2, 3]") != std::string::npos);
+  }
+  // Dense borrow over bf16 memory with a row stride larger than K.
+  tensor<moela::bf16, 2> big({4, 10});
+  for (index_t i = 0; i < 4; ++i)
+    for (index_t j = 0; j < 10; ++j) big(i, j) = moela::bf16(float(i * 10 + j));
+  const auto d = qmatrix<q::bf16>::borrow(big.cview().slice(1, 2, 8));
+  CHECK(d.rows() == 4);
+  CHECK(d.cols() == 6);
+  CHECK(d.at(3, 0) == 32.f);
+  // Owning construction from tensors.
+  tensor<std::int8_t, 2> codes({2, 64});
+  tensor<float, 2> sc({2, 2});
+  codes(1, 40) = -5;
+  sc(1, 1) = 0.5f;
+  qmatrix<q::int8_group<32>> g(std::move(codes), std::move(sc));
+  CHECK(g.at(1, 40) == -2.5f);
+  CHECK(g.owns_storage());
+  // int4 asymmetric needs zero points of the scale grid's shape.
+  tensor<std::uint8_t, 2> packed({2, 32});
+  tensor<float, 2> s4({2, 2});
+  tensor<std::uint8_t, 2> z4({2, 1});
+  CHECK_THROWS_AS((void)qmatrix<q::int4_group_asym<32>>::borrow(packed.cview(), s4.cview(), z4.cview()), moela::error);
+  tensor<std::uint8_t, 2> z4ok({2, 2});
+  packed(0, 0) = 0x3C;  // codes 12, 3
+  z4ok(0, 0) = 8;
+  s4(0, 0) = 0.25f;
+  const auto a4 = qmatrix<q::int4_group_asym<32>>::borrow(packed.cview(), s4.cview(), z4ok.cview());
+  CHECK(a4.at(0, 0) == 1.0f);    // (12 - 8) * 0.25
+  CHECK(a4.at(0, 1) == -1.25f);  // (3 - 8) * 0.25
+  const auto s4sym = qmatrix<q::int4_group<32>>::borrow(packed.cview(), s4.cview());
+  CHECK(s4sym.at(0, 0) == -1.0f);  // 0xC = -4 two's complement, * 0.25
+  CHECK(s4sym.at(0, 1) == 0.75f);
+}
+
+TEST_CASE("group formats reject K not divisible by the group size") {
+  std::mt19937 rng(4);
+  const auto wf = random_matrix(rng, 4, 100, 1.f);
+  try {
+    (void)qmatrix<q::int4_group<32>>::quantize(wf.cview());
+    FAIL("no error");
+  } catch (const moela::error& e) {
+    const std::string m = e.what();
+    CHECK(m.find("group size 32") != std::string::npos);
+    CHECK(m.find("K = 100") != std::string::npos);
+  }
+  CHECK_THROWS_AS((void)qmatrix<q::int8_group<64>>::quantize(wf.cview()), moela::error);
+  tensor<float, 2> empty({0, 4});
+  CHECK_THROWS_AS((void)qmatrix<q::int8_rowwise<>>::quantize(empty.cview()), moela::error);
+  // Quantizing from bf16 equals quantizing the widened values.
+  tensor<moela::bf16, 2> wb({4, 100});
+  tensor<float, 2> ww({4, 100});
+  for (index_t i = 0; i < 4; ++i)
+    for (index_t j = 0; j < 100; ++j) {
+      wb(i, j) = moela::bf16(wf(i, j));
+      ww(i, j) = wb(i, j).to_float();
+    }
+  const auto a = qmatrix<q::fp8_block<128, 128>>::quantize(wb.cview());
+  const auto b = qmatrix<q::fp8_block<128, 128>>::quantize(ww.cview());
+  CHECK(std::memcmp(a.codes().data(), b.codes().data(), 400) == 0);
+  const auto lossless = qmatrix<q::bf16>::quantize(wb.cview());
+  CHECK(lossless.at(3, 99) == ww(3, 99));
+}
+
+TEST_CASE("int8 per-row activation quantization") {
+  tensor<float, 2> x({3, 5});
+  const float vals[3][5] = {{1.f, -2.f, 0.5f, 0.f, 127.f}, {0.f, 0.f, 0.f, 0.f, 0.f}, {-3.f, 1.5f, 0.75f, 0.f, 0.f}};
+  for (index_t i = 0; i < 3; ++i)
+    for (index_t j = 0; j < 5; ++j) x(i, j) = vals[i][j];
+  tensor<std::int8_t, 2> qx({3, 5});
+  tensor<float, 1> s({3});
+  q::quantize_activations_int8(x.cview(), qx.view(), s.view());
+  CHECK(s(0) == 1.0f);
+  CHECK(qx(0, 1) == -2);
+  CHECK(qx(0, 2) == 0);  // 0.5 ties to even
+  CHECK(qx(0, 4) == 127);
+  CHECK(s(1) == 0.f);
+  CHECK(qx(1, 3) == 0);
+  CHECK(s(2) == 3.f / 127.f);
+  CHECK(qx(2, 0) == -127);
+  tensor<float, 1> sbad({2});
+  CHECK_THROWS_AS(q::quantize_activations_int8(x.cview(), qx.view(), sbad.view()), moela::error);
+}

@@ -1,0 +1,222 @@
+// matmul(y, x, W) for every weight format, path and mode against a float64 reference computed
+// here; odd shapes (K, N not multiples of the block or vector width), M = 1, 3, 17, 512.
+#include <doctest/doctest.h>
+
+#include <moela/quant.hpp>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace moela;
+namespace q = moela::quant;
+
+TYPE_TO_STRING(q::f32);
+TYPE_TO_STRING(q::bf16);
+TYPE_TO_STRING(q::fp16);
+TYPE_TO_STRING(q::fp8_block<128, 128>);
+TYPE_TO_STRING(q::fp8_block_e5m2<128, 128>);
+TYPE_TO_STRING(q::int8_rowwise<>);
+TYPE_TO_STRING(q::int8_rowwise<moela::bf16>);
+TYPE_TO_STRING(q::int8_group<32>);
+TYPE_TO_STRING(q::int8_group<64, moela::bf16>);
+TYPE_TO_STRING(q::int4_group<32>);
+TYPE_TO_STRING(q::int4_group<64>);
+TYPE_TO_STRING(q::int4_group<128>);
+TYPE_TO_STRING(q::int4_group_asym<32>);
+TYPE_TO_STRING(q::int4_group_asym<64>);
+TYPE_TO_STRING(q::int4_group_asym<128, moela::bf16>);
+
+#define MOELA_ALL_FORMATS                                                                                 \
+  q::f32, q::bf16, q::fp16, q::fp8_block<128, 128>, q::fp8_block_e5m2<128, 128>, q::int8_rowwise<>,       \
+      q::int8_rowwise<moela::bf16>, q::int8_group<32>, q::int8_group<64, moela::bf16>, q::int4_group<32>, \
+      q::int4_group<64>, q::int4_group<128>, q::int4_group_asym<32>, q::int4_group_asym<64>,              \
+      q::int4_group_asym<128, moela::bf16>
+
+namespace {
+
+constexpr double u32 = 1.0 / (1 << 24);  // unit roundoff of fp32
+
+tensor<float, 2> random_matrix(std::mt19937& rng, index_t r, index_t c, float sd = 1.0f) {
+  std::normal_distribution<float> d(0.f, sd);
+  tensor<float, 2> t({r, c});
+  for (auto& v : t.flat()) v = d(rng);
+  return t;
+}
+
+/// K for a format in the odd-shape tests: not a multiple of 8 or 128 where the format allows.
+template <class F>
+index_t odd_k() {
+  if constexpr (F::kind == q::format_kind::int8_group || F::kind == q::format_kind::int4_group)
+    return F::group * 3 + (F::group == 32 ? 64 : 0);  // 160, 192, 384: K % 128 != 0 for G = 32, 64
+  else
+    return 301;
+}
+
+/// Checks y against the float64 product x · dequant(W)ᵀ. The kernel's only error is fp32
+/// accumulation of K exact-or-rounded products: |err| <= (K + 2) u Σ|x w| (standard bound for
+/// any summation order, u = 2^-24; +2 for the product and the final partial-sum add).
+/// int4: the AVX2 GEMV sums unsigned codes u in [0, 15] and subtracts z * Σx per group
+/// (z = 8 or the zero point, <= 15), so its terms are bounded by s (|u| + z) |x| <= 30 s |x|
+/// instead of |w x|: the bound uses Σ 30 s |x| for those formats.
+template <class F>
+void check_against_f64(const tensor<float, 2>& y, const_view<float, 2> x, const qmatrix<F>& w) {
+  const auto wd = w.dequantize();
+  const index_t m = x.extent(0), n = w.rows(), k = w.cols();
+  int bad = 0;
+  for (index_t i = 0; i < m; ++i)
+    for (index_t j = 0; j < n; ++j) {
+      double ref = 0, mag = 0;
+      for (index_t t = 0; t < k; ++t) {
+        ref += double(x(i, t)) * double(wd(j, t));
+        mag += F::packed4 ? 30.0 * w.scale_at(j, t) * std::fabs(double(x(i, t)))
+                          : std::fabs(double(x(i, t)) * double(wd(j, t)));
+      }
+      const double tol = double(k + 2) * u32 * mag + 1e-30;
+      if (std::fabs(double(y(i, j)) - ref) > tol && bad++ < 5) {
+        CAPTURE(i);
+        CAPTURE(j);
+        CHECK(double(y(i, j)) == doctest::Approx(ref).epsilon(0));
+      }
+    }
+  CHECK(bad == 0);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("matmul equals the float64 reference on the dequantized weight", F, MOELA_ALL_FORMATS) {
+  std::mt19937 rng(1234);
+  const index_t k = odd_k<F>();
+  for (index_t n : {index_t{1}, index_t{7}, index_t{201}}) {
+    const auto wf = random_matrix(rng, n, k, 0.05f);
+    const auto w = qmatrix<F>::quantize(wf.cview());
+    for (index_t m : {index_t{1}, index_t{3}, index_t{17}}) {
+      CAPTURE(n);
+      CAPTURE(m);
+      const auto x = random_matrix(rng, m, k);
+      tensor<float, 2> y({m, n});
+      matmul(y.view(), x.cview(), w);
+      check_against_f64(y, x.cview(), w);
+      // The portable path (an SSE arch: no AVX2 decoders) gives the same result within the same bound.
+      tensor<float, 2> y2({m, n});
+      matmul(cpu<xsimd::sse4_2>{}, y2.view(), x.cview(), w);
+      check_against_f64(y2, x.cview(), w);
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("matmul with M = 512 (prefill GEMM path)", F, q::f32, q::bf16, q::fp8_block<128, 128>,
+                   q::int8_group<32>, q::int4_group_asym<64>) {
+  std::mt19937 rng(99);
+  const index_t m = 512, n = 75, k = odd_k<F>();
+  const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+  const auto x = random_matrix(rng, m, k);
+  tensor<float, 2> y({m, n});
+  matmul(y.view(), x.cview(), w);
+  check_against_f64(y, x.cview(), w);
+}
+
+TEST_CASE_TEMPLATE("matmul with bf16 activations", F, q::f32, q::bf16, q::fp8_block<128, 128>, q::int8_rowwise<>,
+                   q::int4_group<32>) {
+  std::mt19937 rng(7);
+  const index_t m = 5, n = 130, k = odd_k<F>();
+  const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+  const auto xf = random_matrix(rng, m, k);
+  tensor<moela::bf16, 2> xb({m, k});
+  tensor<float, 2> xw({m, k});  // the bf16 values widened: what the kernel must multiply
+  for (index_t i = 0; i < m; ++i)
+    for (index_t t = 0; t < k; ++t) {
+      xb(i, t) = moela::bf16(xf(i, t));
+      xw(i, t) = xb(i, t).to_float();
+    }
+  tensor<float, 2> y({m, n});
+  matmul(y.view(), xb.cview(), w);
+  check_against_f64(y, xw.cview(), w);
+  matmul(cpu<>{}, y.view(), xb.cview(), w);
+  check_against_f64(y, xw.cview(), w);
+}
+
+TEST_CASE("faithful FP8 mode equals the float64 W8A8 reference (odd K and N, all M)") {
+  using F = q::fp8_block<128, 128>;
+  std::mt19937 rng(5);
+  for (index_t k : {index_t{128}, index_t{300}, index_t{512}})
+    for (index_t m : {index_t{1}, index_t{3}, index_t{17}}) {
+      CAPTURE(k);
+      CAPTURE(m);
+      const index_t n = 201;
+      const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+      const auto x = random_matrix(rng, m, k);
+      tensor<float, 2> y({m, n});
+      matmul(y.view(), x.cview(), w, q::fp8_mode::faithful{});
+      // Reference: activation codes/scales from the (golden-verified) act quantizer; partials P
+      // per 128 block in float64, scaled by both scales. Per block the kernel's fp32 partial
+      // has |err| <= (128 + 1) u Σ|xq wq|, then two scale multiplies and one add per block:
+      // tolerance (K + 4 * K/128 + 2) u Σ_blocks |P-terms| * a_s * b_s.
+      const index_t kb = (k + 127) / 128;
+      tensor<fp8_e4m3, 2> xq({m, k});
+      tensor<float, 2> xs({m, kb});
+      q::quantize_activations_fp8(x.cview(), xq.view(), xs.view());
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < n; ++j) {
+          double ref = 0, mag = 0;
+          for (index_t b = 0; b < kb; ++b) {
+            double p = 0, pm = 0;
+            for (index_t t = b * 128; t < std::min(k, b * 128 + 128); ++t) {
+              p += double(xq(i, t).to_float()) * double(w.codes()(j, t).to_float());
+              pm += std::fabs(double(xq(i, t).to_float()) * double(w.codes()(j, t).to_float()));
+            }
+            const double sc = double(xs(i, b)) * double(w.scales()(j / 128, b));
+            ref += p * sc;
+            mag += pm * sc;
+          }
+          const double tol = double(k + 4 * kb + 2) * u32 * mag + 1e-30;
+          REQUIRE(std::fabs(double(y(i, j)) - ref) <= tol);
+        }
+    }
+}
+
+TEST_CASE("matmul: the backend tag overload and a strided x give the same result") {
+  std::mt19937 rng(3);
+  const auto w = qmatrix<q::int8_group<32>>::quantize(random_matrix(rng, 40, 96, 0.1f).cview());
+  const auto big = random_matrix(rng, 6, 200);
+  const_view<float, 2> x = big.cview().slice(1, 10, 106);  // rows of 96, stride 200
+  tensor<float, 2> xc({6, 96});
+  for (index_t i = 0; i < 6; ++i)
+    for (index_t t = 0; t < 96; ++t) xc(i, t) = x(i, t);
+  tensor<float, 2> y1({6, 40}), y2({6, 40});
+  matmul(cpu<>{}, y1.view(), x, w);
+  matmul(y2.view(), xc.cview(), w);
+  for (index_t i = 0; i < 6; ++i)
+    for (index_t j = 0; j < 40; ++j) CHECK(y1(i, j) == y2(i, j));
+  // A non-contiguous x (column stride 2) is copied first.
+  const auto wide = random_matrix(rng, 2, 192);
+  const_view<float, 2> xs(wide.data(), {2, 96}, {192, 2});
+  tensor<float, 2> xsc({2, 96});
+  for (index_t i = 0; i < 2; ++i)
+    for (index_t t = 0; t < 96; ++t) xsc(i, t) = xs(i, t);
+  tensor<float, 2> y3({2, 40}), y4({2, 40});
+  matmul(y3.view(), xs, w);
+  matmul(y4.view(), xsc.cview(), w);
+  for (index_t i = 0; i < 2; ++i)
+    for (index_t j = 0; j < 40; ++j) CHECK(y3(i, j) == y4(i, j));
+}
+
+TEST_CASE("matmul: bad shapes throw moela::error naming the operation and shapes") {
+  std::mt19937 rng(1);
+  const auto w = qmatrix<q::fp8_block<128, 128>>::quantize(random_matrix(rng, 10, 20).cview());
+  tensor<float, 2> x({3, 21}), y({3, 10}), ybad({3, 11}), xok({3, 20});
+  try {
+    matmul(y.view(), x.cview(), w);
+    FAIL("no error");
+  } catch (const moela::error& e) {
+    const std::string m = e.what();
+    CHECK(m.find("matmul") != std::string::npos);
+    CHECK(m.find("[3, 21]") != std::string::npos);
+    CHECK(m.find("[10, 20]") != std::string::npos);
+  }
+  CHECK_THROWS_AS(matmul(ybad.view(), xok.cview(), w), moela::error);
+  tensor<float, 2> ywide({3, 20});
+  tensor_view<float, 2> ystrided(ywide.data(), {3, 10}, {20, 2});  // columns not contiguous
+  CHECK_THROWS_AS(matmul(ystrided, xok.cview(), w), moela::error);
+}
