@@ -3,7 +3,9 @@
 //
 //  moe/<format>/T<tokens>   one moe_layer::forward on T random tokens.
 //    T = 1, 8 (decode): counter roofline_ratio = (bytes of the weights actually read: gate,
-//      active experts, shared expert) / time, over the STREAM-triad bandwidth.
+//      active experts, shared expert) / time, over the STREAM-triad bandwidth; gemv_ratio =
+//      the same bytes/s over the bytes/s of one plain matmul of the format with M = T on the
+//      equal-FLOP weight below (separates the layer's overhead from the kernel's).
 //    T = 512 (prefill): counter dense_ratio = the layer's FLOP/s over the FLOP/s of one dense
 //      matmul of the same format with the same FLOPs (x [512, 2048] times W [3·11264, 2048]ᵀ,
 //      11264 = (6 + 2)·1408 expert rows per token).
@@ -69,7 +71,8 @@ swiglu_weights<F> random_ffn(index_t D, index_t I, std::uint64_t seed) {
 template <class F>
 struct bench_layer {
   moe_layer<cpu<>, F> layer;
-  double dense_flops_per_s = 0;  // the format's dense matmul throughput at T = 512 (lazy)
+  qmatrix<F> dense_w;                       // the equal-FLOP dense weight (lazy)
+  std::map<index_t, double> dense_seconds;  // T -> seconds of one dense matmul
 };
 
 // Keeps one format's layer alive at a time.
@@ -88,7 +91,7 @@ bench_layer<F>& get_layer(const std::string& name) {
     for (index_t e = 0; e < c.n_routed_experts; ++e)
       w.experts.push_back(random_ffn<F>(c.hidden_size, c.moe_intermediate_size, 100 + 3 * std::uint64_t(e)));
     w.shared = random_ffn<F>(c.hidden_size, c.shared_intermediate_size(), 50);
-    auto p = std::make_shared<bench_layer<F>>(bench_layer<F>{moe_layer<cpu<>, F>(c, std::move(w)), 0.0});
+    auto p = std::make_shared<bench_layer<F>>(bench_layer<F>{moe_layer<cpu<>, F>(c, std::move(w)), {}, {}});
     g_current = p;
     g_current_name = name;
   }
@@ -101,23 +104,27 @@ tensor<float, 2> random_tokens(index_t T, index_t D) {
   return x;
 }
 
+// The format's plain matmul on x [T, 2048] · W [3·11264, 2048]ᵀ: the same FLOPs as the layer
+// (and, for T = 1, about the same weight bytes as its active experts). Seconds per call (best of
+// 3 for decode sizes, one call after a warm-up for prefill).
 template <class F>
-double dense_flops_per_s(bench_layer<F>& bl, index_t T) {
-  if (bl.dense_flops_per_s > 0) return bl.dense_flops_per_s;
+double dense_seconds(bench_layer<F>& bl, index_t T) {
+  auto it = bl.dense_seconds.find(T);
+  if (it != bl.dense_seconds.end()) return it->second;
   const moe_config& c = bl.layer.config();
   const index_t N = 3 * (c.num_experts_per_tok * c.moe_intermediate_size + c.shared_intermediate_size());
-  const qmatrix<F> w = random_matrix<F>(N, c.hidden_size, 9);
+  if (bl.dense_w.rows() == 0) bl.dense_w = random_matrix<F>(N, c.hidden_size, 9);
   const tensor<float, 2> x = random_tokens(T, c.hidden_size);
   tensor<float, 2> y({T, N});
-  matmul(cpu<>{}, y.view(), x.cview(), w);  // warm-up
+  matmul(cpu<>{}, y.view(), x.cview(), bl.dense_w);  // warm-up
   double best = 1e30;
-  for (int rep = 0; rep < 2; ++rep) {
+  for (int rep = 0; rep < (T <= 8 ? 3 : 1); ++rep) {  // prefill: seconds per call, once
     const double t0 = moela_bench::now_s();
-    matmul(cpu<>{}, y.view(), x.cview(), w);
+    matmul(cpu<>{}, y.view(), x.cview(), bl.dense_w);
     best = std::min(best, moela_bench::now_s() - t0);
   }
-  bl.dense_flops_per_s = 2.0 * double(T) * double(N) * double(c.hidden_size) / best;
-  return bl.dense_flops_per_s;
+  bl.dense_seconds[T] = best;
+  return best;
 }
 
 template <class F>
@@ -144,12 +151,14 @@ void bm_moe(benchmark::State& st, std::string name, index_t T) {
   st.counters["active_experts"] = double(layer.plan().active.size());
   st.counters["GBps"] = bytes / per_iter / 1e9;
   st.counters["GFLOPs"] = flops / per_iter / 1e9;
+  const double dense_t = dense_seconds(bl, T);
   if (T <= 8) {
     st.counters["roofline_ratio"] = bytes / per_iter / moela_bench::triad_bytes_per_s();
+    // diagnostic: the layer's weight bytes/s over one plain GEMV/GEMM of the format
+    st.counters["gemv_ratio"] = (bytes / per_iter) / (double(bl.dense_w.bytes()) / dense_t);
   } else {
-    const double dense = dense_flops_per_s(bl, T);
-    st.counters["dense_GFLOPs"] = dense / 1e9;
-    st.counters["dense_ratio"] = flops / per_iter / dense;
+    st.counters["dense_GFLOPs"] = flops / dense_t / 1e9;
+    st.counters["dense_ratio"] = dense_t / per_iter;  // equal FLOPs
   }
   if (name == "bf16") g_bf16_layer_seconds[T] = per_iter;
   st.SetLabel(xsimd::default_arch::name());
