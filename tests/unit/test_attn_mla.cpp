@@ -50,20 +50,22 @@ tensor<float, 2> run_prefill(Layer& layer, Cache& cache, index_t seq, const_view
 TEST_CASE("mla: naive == absorbed, with and without q_lora_rank, across tile boundaries") {
   for (index_t q_rank : {0L, 32L}) {
     CAPTURE(q_rank);
-    fixture f(q_rank, 150);
+    fixture f(q_rank, 751);
     layer_f32 layer(f.cfg, f.weights());
-    attn::paged_cache<attn::cache_f32> ca(attn::mla_cache_layout(f.cfg), 8), cn(attn::mla_cache_layout(f.cfg), 8);
+    attn::paged_cache<attn::cache_f32> ca(attn::mla_cache_layout(f.cfg), 12), cn(attn::mla_cache_layout(f.cfg), 12);
     const index_t sa = ca.add_sequence(), sn = cn.add_sequence();
-    // Prefill 130 (3 tiles), then a 17-token chunk, then 3 single decodes.
-    tensor<float, 2> oa({150, f.cfg.hidden}), on({150, f.cfg.hidden});
+    // Prefill 130 (3 tiles), a 17-token chunk, single decodes, a 600-token chunk, and decodes over
+    // 750 keys (long enough for the split-KV path).
+    tensor<float, 2> oa({751, f.cfg.hidden}), on({751, f.cfg.hidden});
     index_t t = 0;
-    for (index_t n : {130L, 17L, 1L, 1L, 1L}) {
+    for (index_t n : {130L, 17L, 1L, 1L, 1L, 600L, 1L}) {
       attn::seq_chunk c1{sa, n}, c2{sn, n};
       layer.forward(ca, std::span(&c1, 1), f.rows(t, t + n), oa.view().slice(0, t, t + n), attn::mla_mode::absorbed);
       layer.forward(cn, std::span(&c2, 1), f.rows(t, t + n), on.view().slice(0, t, t + n), attn::mla_mode::naive);
       t += n;
     }
-    CHECK(rel_err(oa.data(), on.data(), 150 * f.cfg.hidden) <= modes_bound);
+    CHECK(rel_err(oa.data(), on.data(), 751 * f.cfg.hidden) <= modes_bound);
+    CHECK(rel_err(oa.data() + 750 * f.cfg.hidden, on.data() + 750 * f.cfg.hidden, f.cfg.hidden) <= modes_bound);
   }
 }
 
@@ -214,6 +216,10 @@ TEST_CASE("mla: construction and call errors name the problem") {
   bad.o_proj = qmatrix<quant::f32>::quantize(tensor<float, 2>({f.cfg.hidden, 3}).cview());
   CHECK_THROWS_WITH_AS(layer_f32(f.cfg, bad), doctest::Contains("o_proj"), moela::error);
   layer_f32 layer(f.cfg, w);
+  {
+    layer_f32 twin(f.cfg, w);  // same RoPE config: one shared table
+    CHECK(&twin.rope() == &layer.rope());
+  }
   attn::paged_cache<attn::cache_f32> c(attn::mla_cache_layout(f.cfg), 2);
   const index_t s = c.add_sequence();
   tensor<float, 2> out({4, f.cfg.hidden});

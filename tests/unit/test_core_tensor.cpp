@@ -184,3 +184,11 @@ TEST_CASE("static extents: known extents are constants, dynamic ones are checked
   CHECK(d.extent(0) == 2);
   CHECK(d.extent(1) == 0);
 }
+
+TEST_CASE("check_extent_match accepts owning tensors too") {
+  moela::tensor<float, 2> x({2, 5}), w({7, 5}), bad({7, 4});
+  static_assert(std::is_same_v<moela::view_extents_t<decltype(x)>, static_extents<dynamic_extent, dynamic_extent>>);
+  CHECK_NOTHROW(moela::check_extent_match<1, 1>("matmul", "x", x, "W", w));
+  CHECK(has(error_of([&] { moela::check_extent_match<1, 1>("matmul", "x", x, "W", bad); }),
+            "matmul: x is [2, 5] but W is [7, 4]"));
+}

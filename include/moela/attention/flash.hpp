@@ -17,10 +17,14 @@
 ///  - Scores: `scale * <q, k>` in FP32 (vector accumulation along the key dimension); the
 ///    values are accumulated in FP32; records in non-FP32 formats are decoded once per tile.
 ///  - Threads: one `parallel_for` over work items (sequence x kv head x head block x query
-///    block). Per-thread scratch is `thread_local` and grows only: no allocation per call in
-///    steady state. The result of each query row does not depend on how rows are grouped into
-///    items, nor on where the records live (paged or contiguous): the tile boundaries are the
-///    absolute multiples of 64 in both.
+///    block x key range: long contexts with few rows are split into key ranges whose partial
+///    softmax states are merged afterwards, split-KV). Per-thread scratch is `thread_local`
+///    and grows only; the work list and partial buffers live in `attend_work`: no allocation
+///    per call in steady state.
+///  - Determinism: a row's result depends only on its query, the cached records and the key
+///    split (a function of the chunk sizes and the thread count), not on how rows are grouped
+///    nor on where the records live (paged or contiguous): tiles are the absolute 64-token
+///    ranges in both.
 
 #include <algorithm>
 #include <cmath>
@@ -57,8 +61,13 @@ struct attend_shape {
 struct attend_work {
   struct item {
     index_t chunk, tok0, first_pos, g, h0, h1, i0, i1;
+    index_t k0 = 0, k1 = 0;  ///< key range of this item (split-KV), [k0, min(k1, keys))
+    index_t part = -1;       ///< first partial row (split items), -1 when the item owns its rows
+    index_t splits = 1;      ///< number of consecutive items sharing these rows (on the first one)
   };
   std::vector<item> items;
+  std::vector<float> part_o;           ///< unnormalised partial outputs [partial rows, dv]
+  std::vector<softmax_state> part_st;  ///< their softmax states
 };
 
 namespace detail {
@@ -168,7 +177,7 @@ MOELA_ALWAYS_INLINE void pv_rows(const float* p, index_t ld, const float* const*
 /// One work item: rows (query i in [i0, i1), head h in [h0, h1)) of one chunk.
 template <class Arch, kv_cache Cache>
 void attend_item(const Cache& cache, index_t layer, index_t seq, const attend_shape& sh, const attend_work::item& it,
-                 const float* q, float* o, float* lse) {
+                 const float* q, float* o, float* lse, attend_work& work) {
   using F = typename Cache::format;
   auto& sc = thread_scratch();
   const index_t nq = it.i1 - it.i0, nh = it.h1 - it.h0, R = nq * nh;
@@ -183,15 +192,16 @@ void attend_item(const Cache& cache, index_t layer, index_t seq, const attend_sh
     for (index_t h = 0; h < nh; ++h) {
       const index_t r = i * nh + h, row = (it.tok0 + it.i0 + i) * sh.heads + it.h0 + h;
       sc.qp[static_cast<std::size_t>(r)] = q + row * sh.q_ld;
-      sc.op[static_cast<std::size_t>(r)] = o + row * sh.o_ld;
+      sc.op[static_cast<std::size_t>(r)] =
+          it.part >= 0 ? work.part_o.data() + (it.part + r) * sh.dv : o + row * sh.o_ld;
       sc.lim[static_cast<std::size_t>(r)] = it.first_pos + it.i0 + i + 1;
       sc.st[static_cast<std::size_t>(r)] = softmax_state{};
       std::fill(sc.op[static_cast<std::size_t>(r)], sc.op[static_cast<std::size_t>(r)] + sh.dv, 0.f);
     }
-  const index_t n_keys = it.first_pos + it.i1;
+  const index_t n_keys = std::min(it.first_pos + it.i1, it.k1);
   const index_t koff = sh.key_offset + it.g * sh.key_step, voff = sh.value_offset + it.g * sh.value_step;
   float* S = sc.s.data();
-  for (index_t t0 = 0; t0 < n_keys; t0 += kv_tile) {
+  for (index_t t0 = it.k0; t0 < n_keys; t0 += kv_tile) {
     const index_t nt = std::min(kv_tile, n_keys - t0);
     for (index_t j = 0; j < nt; ++j) {
       const float* rec;
@@ -230,6 +240,10 @@ void attend_item(const Cache& cache, index_t layer, index_t seq, const attend_sh
     for (; r + 4 <= R; r += 4) pv_rows<Arch, 4>(S + r * kv_tile, kv_tile, sc.vp.data(), nt, sh.dv, sc.op.data() + r);
     for (; r < R; ++r) pv_rows<Arch, 1>(S + r * kv_tile, kv_tile, sc.vp.data(), nt, sh.dv, sc.op.data() + r);
   }
+  if (it.part >= 0) {  // split item: keep the unnormalised output and its state
+    for (index_t rr = 0; rr < R; ++rr) work.part_st[static_cast<std::size_t>(it.part + rr)] = sc.st[static_cast<std::size_t>(rr)];
+    return;
+  }
   for (index_t rr = 0; rr < R; ++rr) {
     const auto& st = sc.st[static_cast<std::size_t>(rr)];
     float* orow = sc.op[static_cast<std::size_t>(rr)];
@@ -259,21 +273,31 @@ void attend(const Cache& cache, index_t layer, std::span<const seq_chunk> chunks
         "attend: keys/values reach past the cache record of ", width, " values");
   check(layer >= 0 && layer < cache.layout().layers, "attend: layer ", layer, " outside [0, ", cache.layout().layers, ")");
   const index_t group = sh.heads / sh.kv_heads;
-  // Work decomposition: about 64 rows per item, at least two items per thread when possible.
-  index_t total_tokens = 0;
-  for (const auto& c : chunks) total_tokens += c.tokens;
+  // Work decomposition. Items hold about 64 query rows (block of heads x block of queries), so
+  // each decoded tile feeds many rows. With fewer items than 2 per thread, head blocks shrink
+  // down to 16 rows, then the keys are split into tile-aligned ranges (split-KV, at least 4
+  // tiles each) whose partial states are merged afterwards; only then do blocks shrink further.
   const index_t nt = num_threads();
-  index_t hb = group;
+  index_t max_keys = 0;
+  for (const auto& c : chunks) max_keys = std::max(max_keys, cache.length(c.seq) + c.tokens);
   auto count = [&](index_t hb_) {
-    const index_t qb = std::max<index_t>(1, 64 / hb_);
+    const index_t qb_ = std::max<index_t>(1, 64 / hb_);
     index_t n = 0;
-    for (const auto& c : chunks) n += ((c.tokens + qb - 1) / qb) * ((group + hb_ - 1) / hb_) * sh.kv_heads;
+    for (const auto& c : chunks) n += ((c.tokens + qb_ - 1) / qb_) * ((group + hb_ - 1) / hb_) * sh.kv_heads;
     return n;
   };
-  while (hb > 1 && count(hb) < 2 * nt) hb = (hb + 1) / 2;
+  index_t hb = group;
+  while (hb > 16 && count(hb) < 2 * nt) hb = (hb + 1) / 2;
+  index_t splits = 1;
+  if (count(hb) < 2 * nt) {
+    const index_t want = (2 * nt + count(hb) - 1) / count(hb);
+    splits = std::max<index_t>(1, std::min(want, max_keys / (4 * kv_tile)));
+  }
+  if (splits == 1)
+    while (hb > 1 && count(hb) < 2 * nt) hb = (hb + 1) / 2;
   const index_t qb = std::max<index_t>(1, 64 / hb);
   work.items.clear();
-  index_t tok0 = 0;
+  index_t tok0 = 0, part_rows = 0;
   for (index_t b = 0; b < static_cast<index_t>(chunks.size()); ++b) {
     const auto& c = chunks[static_cast<std::size_t>(b)];
     check(cache.live(c.seq) && cache.pending(c.seq) == c.tokens, "attend: sequence ", c.seq,
@@ -281,20 +305,69 @@ void attend(const Cache& cache, index_t layer, std::span<const seq_chunk> chunks
     const index_t first = cache.length(c.seq);
     for (index_t g = 0; g < sh.kv_heads; ++g)
       for (index_t h0 = 0; h0 < group; h0 += hb)
-        for (index_t i0 = 0; i0 < c.tokens; i0 += qb)
-          work.items.push_back({b, tok0, first, g, g * group + h0, g * group + std::min(group, h0 + hb), i0,
-                                std::min(c.tokens, i0 + qb)});
+        for (index_t i0 = 0; i0 < c.tokens; i0 += qb) {
+          attend_work::item it{b, tok0, first, g, g * group + h0, g * group + std::min(group, h0 + hb), i0,
+                               std::min(c.tokens, i0 + qb)};
+          const index_t keys = first + it.i1, rows = (it.i1 - it.i0) * (it.h1 - it.h0);
+          // Split only the part of the range every row of the item needs.
+          const index_t ns = splits > 1 ? std::max<index_t>(1, std::min(splits, keys / (4 * kv_tile))) : 1;
+          const index_t tiles = (keys + kv_tile - 1) / kv_tile;
+          for (index_t sidx = 0; sidx < ns; ++sidx) {
+            it.k0 = tiles * sidx / ns * kv_tile;
+            it.k1 = sidx + 1 == ns ? keys : tiles * (sidx + 1) / ns * kv_tile;
+            it.part = ns > 1 ? part_rows : -1;
+            it.splits = sidx == 0 ? ns : 0;
+            if (ns > 1) part_rows += rows;
+            work.items.push_back(it);
+          }
+        }
     tok0 += c.tokens;
+  }
+  if (part_rows > 0) {
+    detail::grow(work.part_o, static_cast<std::size_t>(part_rows * sh.dv));
+    detail::grow(work.part_st, static_cast<std::size_t>(part_rows));
   }
   parallel_for(
       static_cast<index_t>(work.items.size()),
       [&](index_t b, index_t e) {
         for (index_t k = b; k < e; ++k) {
           const auto& it = work.items[static_cast<std::size_t>(k)];
-          detail::attend_item<Arch>(cache, layer, chunks[static_cast<std::size_t>(it.chunk)].seq, sh, it, q, o, lse);
+          detail::attend_item<Arch>(cache, layer, chunks[static_cast<std::size_t>(it.chunk)].seq, sh, it, q, o, lse,
+                                    work);
         }
       },
       1);
+  if (part_rows == 0) return;
+  // Merge the partial states of split items (one pass over the first item of every group).
+  parallel_for(static_cast<index_t>(work.items.size()), [&](index_t b, index_t e) {
+    for (index_t k = b; k < e; ++k) {
+      const auto& it = work.items[static_cast<std::size_t>(k)];
+      if (it.part < 0 || it.splits == 0) continue;
+      const index_t nh = it.h1 - it.h0, rows = (it.i1 - it.i0) * nh;
+      for (index_t r = 0; r < rows; ++r) {
+        softmax_state acc;
+        for (index_t sidx = 0; sidx < it.splits; ++sidx) {
+          const auto& st = work.part_st[static_cast<std::size_t>(work.items[static_cast<std::size_t>(k + sidx)].part + r)];
+          acc.max = std::max(acc.max, st.max);
+        }
+        const index_t i = r / nh, h = r % nh, row = (it.tok0 + it.i0 + i) * sh.heads + it.h0 + h;
+        float* orow = o + row * sh.o_ld;
+        std::fill(orow, orow + sh.dv, 0.f);
+        for (index_t sidx = 0; sidx < it.splits; ++sidx) {
+          const index_t pr = work.items[static_cast<std::size_t>(k + sidx)].part + r;
+          const auto& st = work.part_st[static_cast<std::size_t>(pr)];
+          if (st.empty()) continue;
+          const float f = std::exp(st.max - acc.max);
+          acc.sum += st.sum * f;
+          const float* po = work.part_o.data() + pr * sh.dv;
+          for (index_t c = 0; c < sh.dv; ++c) orow[c] += f * po[c];
+        }
+        const float inv = acc.sum > 0.f ? 1.f / acc.sum : 0.f;
+        for (index_t c = 0; c < sh.dv; ++c) orow[c] *= inv;
+        if (lse) lse[row] = acc.sum > 0.f ? acc.max + std::log(acc.sum) : -std::numeric_limits<float>::infinity();
+      }
+    }
+  });
 }
 
 }  // namespace moela::attn

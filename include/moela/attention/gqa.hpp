@@ -67,7 +67,7 @@ class gqa {
     chk("k_proj", w_.k_proj, KV * d, cfg_.hidden);
     chk("v_proj", w_.v_proj, KV * d, cfg_.hidden);
     chk("o_proj", w_.o_proj, cfg_.hidden, H * d);
-    rope_ = rope_table(cfg_.rope);
+    rope_ptr_ = shared_rope_table(cfg_.rope);
   }
 
   const gqa_config& config() const { return cfg_; }
@@ -99,8 +99,8 @@ class gqa {
     for (const auto& c : chunks) {
       check(cache.live(c.seq) && cache.pending(c.seq) == c.tokens && c.tokens > 0, "gqa::forward: sequence ", c.seq,
             " is not prepared for ", c.tokens, " new tokens");
-      check(cache.length(c.seq) + c.tokens <= rope_.positions(), "gqa::forward: sequence ", c.seq,
-            " would reach position ", cache.length(c.seq) + c.tokens - 1, " but max positions is ", rope_.positions());
+      check(cache.length(c.seq) + c.tokens <= rope_ptr_->positions(), "gqa::forward: sequence ", c.seq,
+            " would reach position ", cache.length(c.seq) + c.tokens - 1, " but max positions is ", rope_ptr_->positions());
       total += c.tokens;
     }
     check(total == T, "gqa::forward: the chunks hold ", total, " tokens but x has ", T, " rows");
@@ -128,8 +128,8 @@ class gqa {
 
  private:
   void rot(float* u, index_t p) const {
-    if (cfg_.pairing == rope_pairing::interleaved) rope_.rotate(u, p);
-    else rope_.rotate_half(u, p);
+    if (cfg_.pairing == rope_pairing::interleaved) rope_ptr_->rotate(u, p);
+    else rope_ptr_->rotate_half(u, p);
   }
   static tensor_view<float, 2> ws(std::vector<float>& v, index_t r, index_t c) {
     if (v.size() < static_cast<std::size_t>(r * c)) v.resize(static_cast<std::size_t>(r * c));
@@ -137,7 +137,7 @@ class gqa {
   }
   gqa_config cfg_;
   gqa_weights<WeightFormat> w_;
-  rope_table rope_;
+  std::shared_ptr<const rope_table> rope_ptr_;
   std::vector<float> q_, kv_, o_;
   attend_work work_;
 };

@@ -122,7 +122,7 @@ class mla {
     detail::check_matrix("kv_b_proj", w_.kv_b_proj.rows(), w_.kv_b_proj.cols(), H * (cfg_.nope_dim + cfg_.v_dim),
                          cfg_.kv_rank);
     detail::check_matrix("o_proj", w_.o_proj.rows(), w_.o_proj.cols(), cfg_.hidden, H * cfg_.v_dim);
-    rope_ = rope_table(cfg_.rope);
+    rope_ptr_ = shared_rope_table(cfg_.rope);
     scale_ = static_cast<float>(cfg_.softmax_scale());
     // Absorbed matrices.
     const tensor<float, 2> kvb = w_.kv_b_proj.dequantize();
@@ -142,7 +142,7 @@ class mla {
 
   const mla_config& config() const { return cfg_; }
   const mla_weights<WeightFormat>& weights() const { return w_; }
-  const rope_table& rope() const { return rope_; }
+  const rope_table& rope() const { return *rope_ptr_; }
   float softmax_scale() const { return scale_; }
   /// Bytes per token per layer of this layer's cache format (the latent record).
   std::size_t cache_bytes_per_token() const { return CacheFormat::record_bytes(cfg_.kv_rank, cfg_.rope_dim); }
@@ -232,7 +232,7 @@ class mla {
       matmul(q, x, w_.q_proj);
     }
     for (index_t t = 0; t < T; ++t)
-      for (index_t h = 0; h < H; ++h) rope_.rotate(q.data() + (t * H + h) * qk + cfg_.nope_dim, pos[static_cast<std::size_t>(t)]);
+      for (index_t h = 0; h < H; ++h) rope_ptr_->rotate(q.data() + (t * H + h) * qk + cfg_.nope_dim, pos[static_cast<std::size_t>(t)]);
   }
 
   /// Cache records: `latent [T, kv_rank + rope]` = `[rmsnorm(ckv) | rope(kpe)]`.
@@ -243,7 +243,7 @@ class mla {
           to_string(latent.shape()), ", expected contiguous [", T, ", ", W, "]");
     matmul(latent, x, w_.kv_a_proj);
     rmsnorm<arch>(latent.slice(1, 0, cfg_.kv_rank), w_.kv_a_norm.cview(), cfg_.rms_eps);
-    for (index_t t = 0; t < T; ++t) rope_.rotate(latent.data() + t * W + cfg_.kv_rank, pos[static_cast<std::size_t>(t)]);
+    for (index_t t = 0; t < T; ++t) rope_ptr_->rotate(latent.data() + t * W + cfg_.kv_rank, pos[static_cast<std::size_t>(t)]);
   }
 
  private:
@@ -257,8 +257,8 @@ class mla {
     for (const auto& c : chunks) {
       check(cache.live(c.seq) && cache.pending(c.seq) == c.tokens && c.tokens > 0, "mla::forward: sequence ", c.seq,
             " is not prepared in the cache for ", c.tokens, " new tokens (call cache.prepare first)");
-      check(cache.length(c.seq) + c.tokens <= rope_.positions(), "mla::forward: sequence ", c.seq, " would reach position ",
-            cache.length(c.seq) + c.tokens - 1, " but max_position_embeddings is ", rope_.positions());
+      check(cache.length(c.seq) + c.tokens <= rope_ptr_->positions(), "mla::forward: sequence ", c.seq, " would reach position ",
+            cache.length(c.seq) + c.tokens - 1, " but max_position_embeddings is ", rope_ptr_->positions());
       total += c.tokens;
     }
     check(total == T, "mla::forward: the chunks hold ", total, " tokens but x has ", T, " rows");
@@ -266,7 +266,7 @@ class mla {
   void check_positions(const char* who, std::span<const index_t> pos, index_t T) const {
     check(static_cast<index_t>(pos.size()) == T, who, ": ", pos.size(), " positions for ", T, " rows");
     for (auto p : pos)
-      check(p >= 0 && p < rope_.positions(), who, ": position ", p, " is outside [0, ", rope_.positions(), ")");
+      check(p >= 0 && p < rope_ptr_->positions(), who, ": position ", p, " is outside [0, ", rope_ptr_->positions(), ")");
   }
 
   template <class Cache>
@@ -354,7 +354,7 @@ class mla {
 
   mla_config cfg_;
   mla_weights<WeightFormat> w_;
-  rope_table rope_;
+  std::shared_ptr<const rope_table> rope_ptr_;
   float scale_ = 1.f;
   std::vector<absorb_matrix> wuk_t_, wuv_;
   // Workspaces (grow only).

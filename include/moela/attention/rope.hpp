@@ -19,7 +19,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <numbers>
+#include <utility>
 #include <vector>
 
 #include "moela/core/error.hpp"
@@ -180,5 +183,27 @@ class rope_table {
   std::vector<float> inv_freq_;
   tensor<float, 2> cos_, sin_;
 };
+
+/// A process-wide shared table for `c` (all positions `[0, c.max_positions)`): layers with the
+/// same RoPE configuration share one table instead of building one each (V3: 40 MiB). The
+/// table lives while a layer holds it. Thread-safe.
+inline std::shared_ptr<const rope_table> shared_rope_table(const rope_config& c) {
+  static std::mutex mu;
+  static std::vector<std::pair<rope_config, std::weak_ptr<const rope_table>>> tables;
+  auto same = [](const rope_config& a, const rope_config& b) {
+    return a.dim == b.dim && a.theta == b.theta && a.yarn == b.yarn && a.factor == b.factor &&
+           a.original_max_positions == b.original_max_positions && a.beta_fast == b.beta_fast &&
+           a.beta_slow == b.beta_slow && a.mscale == b.mscale && a.mscale_all_dim == b.mscale_all_dim &&
+           a.max_positions == b.max_positions;
+  };
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto& [cfg, weak] : tables)
+    if (same(cfg, c))
+      if (auto t = weak.lock()) return t;
+  auto t = std::make_shared<const rope_table>(c);
+  std::erase_if(tables, [](const auto& e) { return e.second.expired(); });
+  tables.emplace_back(c, t);
+  return t;
+}
 
 }  // namespace moela::attn

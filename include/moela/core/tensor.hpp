@@ -477,29 +477,24 @@ class fixed_view : public tensor_view<T, sizeof...(E)> {
 template <class T, index_t... E>
 using const_fixed_view = fixed_view<const T, E...>;
 
-/// The static extents of a view type: `static_extents<E...>` for fixed_view, all dynamic for
-/// tensor_view.
+namespace detail {
+template <std::size_t Rank, class Seq = std::make_index_sequence<Rank>>
+struct all_dynamic;
+template <std::size_t Rank, std::size_t... I>
+struct all_dynamic<Rank, std::index_sequence<I...>> {
+  using type = static_extents<((void)I, dynamic_extent)...>;
+};
+}  // namespace detail
+
+/// The static extents of a view or tensor type: `static_extents<E...>` for a fixed_view, all
+/// dynamic for tensor_view and tensor.
 template <class V>
-struct view_extents;
+struct view_extents {
+  using type = typename detail::all_dynamic<V::rank>::type;
+};
 template <class T, index_t... E>
 struct view_extents<fixed_view<T, E...>> {
   using type = static_extents<E...>;
-};
-template <class T>
-struct view_extents<tensor_view<T, 1>> {
-  using type = static_extents<dynamic_extent>;
-};
-template <class T>
-struct view_extents<tensor_view<T, 2>> {
-  using type = static_extents<dynamic_extent, dynamic_extent>;
-};
-template <class T>
-struct view_extents<tensor_view<T, 3>> {
-  using type = static_extents<dynamic_extent, dynamic_extent, dynamic_extent>;
-};
-template <class T>
-struct view_extents<tensor_view<T, 4>> {
-  using type = static_extents<dynamic_extent, dynamic_extent, dynamic_extent, dynamic_extent>;
 };
 template <class V>
 using view_extents_t = typename view_extents<std::remove_cvref_t<V>>::type;

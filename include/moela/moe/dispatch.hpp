@@ -85,13 +85,16 @@ struct dispatch_plan {
         std::max<index_t>(1, 8192 / std::max<index_t>(D, 1)));
   }
 
-  /// `y[t, :] = Σ_slot weight · eo[position(t, slot), :]`, slots in ascending expert order
-  /// (parallel over tokens). `eo` holds the expert outputs in sorted order.
-  void combine(tensor_view<float, 2> y, const_view<float, 2> eo) const {
+  /// `y[t, :] = base[t, :] + Σ_slot weight · eo[position(t, slot), :]`, slots in ascending
+  /// expert order (parallel over tokens). `eo` holds the expert outputs in sorted order; `base`
+  /// is `[T, D]` or empty (zeros).
+  void combine(tensor_view<float, 2> y, const_view<float, 2> eo, const_view<float, 2> base = {}) const {
     const index_t D = y.extent(1);
     check(y.extent(0) == tokens && eo.extent(1) == D && eo.extent(0) >= tokens * k, "moe::dispatch_plan::combine: y is ",
           to_string(y.shape()), " and the expert outputs ", to_string(eo.shape()), " for ", tokens, " tokens x ", k,
           " experts");
+    check(base.empty() || base.shape() == y.shape(), "moe::dispatch_plan::combine: base is ", to_string(base.shape()),
+          " but y is ", to_string(y.shape()));
     parallel_for(
         tokens,
         [&](index_t t0, index_t t1) {
@@ -100,7 +103,12 @@ struct dispatch_plan {
             for (index_t s = 0; s < k; ++s) ps[static_cast<std::size_t>(s)] = position[static_cast<std::size_t>(t * k + s)];
             std::sort(ps.begin(), ps.end());  // sorted position order == ascending expert id
             float* out = &y(t, 0);
-            for (index_t d = 0; d < D; ++d) out[d] = 0.f;
+            if (base.empty()) {
+              for (index_t d = 0; d < D; ++d) out[d] = 0.f;
+            } else {
+              const float* b = &base(t, 0);
+              for (index_t d = 0; d < D; ++d) out[d] = b[d];
+            }
             for (index_t p : ps) {
               const float wt = weight[static_cast<std::size_t>(p)];
               const float* src = &eo(p, 0);

@@ -12,12 +12,13 @@
 /// Forward for `x [T, D]` (FP32):
 /// 1. route: logits, scores, top-K and weights (`routing()` keeps them for inspection);
 /// 2. dispatch: a counting sort groups the T·K pairs by expert (`dispatch_plan`);
-/// 3. each *active* expert runs once on all of its tokens, experts in ascending id order; the
-///    GEMMs inside an expert are parallel over output rows, so one hot expert still uses every
-///    thread. Inactive experts' weights are never read;
-/// 4. combine: per token, the weighted expert rows are summed in ascending expert order;
-/// 5. the shared expert (width `n_shared_experts · moe_intermediate_size`) runs on all tokens
-///    and is added unweighted.
+/// 3. each *active* expert runs once on all of its tokens (GEMV for one token, GEMM for many),
+///    together with the shared expert (width `n_shared_experts · moe_intermediate_size`) on all
+///    tokens, as (expert, row chunk) tasks over the thread pool (`expert_runner`,
+///    moela/moe/experts.hpp): work spreads by expert and by rows, so one hot expert still uses
+///    every thread. Inactive experts' weights are never read;
+/// 4. combine: per token, shared output + the weighted expert rows summed in ascending expert
+///    order (deterministic whatever the thread count).
 ///
 /// `last_load()` gives the tokens each routed expert received in the last forward, the input of
 /// `balance_bias` (moela/moe/balance.hpp) together with `router().bias()`.
@@ -38,6 +39,7 @@
 #include "moela/core/tensor.hpp"
 #include "moela/moe/config.hpp"
 #include "moela/moe/dispatch.hpp"
+#include "moela/moe/experts.hpp"
 #include "moela/moe/ffn.hpp"
 #include "moela/moe/router.hpp"
 
@@ -77,6 +79,9 @@ class moe_layer<cpu<Arch>, Format, Router> {
     else
       check(shared_.gate_proj.rows() == 0, "moe_layer: shared expert weights given but n_shared_experts is 0");
     load_.assign(static_cast<std::size_t>(cfg_.n_routed_experts), 0);
+    sliced_.reserve(experts_.size());
+    for (const auto& e : experts_) sliced_.emplace_back(e);
+    if (cfg_.n_shared_experts > 0) shared_sliced_ = sliced_ffn<Format>(shared_);
   }
 
   const moe_config& config() const { return cfg_; }
@@ -86,56 +91,14 @@ class moe_layer<cpu<Arch>, Format, Router> {
   const swiglu_weights<Format>& shared() const { return shared_; }
 
   /// `y [T, D] = MoE(x [T, D])`. T may be 0. `y` must not alias `x`.
-  void forward(tensor_view<float, 2> y, const_view<float, 2> x) {
-    forward_routed(y, x);
-    if (cfg_.n_shared_experts == 0 || x.extent(0) == 0) return;
-    const index_t T = x.extent(0), D = cfg_.hidden_size;
-    shared_buf_.resize(static_cast<std::size_t>(T * D));
-    tensor_view<float, 2> s(shared_buf_.data(), {T, D});
-    forward_shared(s, x);
-    parallel_for(T, [&](index_t t0, index_t t1) {
-      for (index_t t = t0; t < t1; ++t) {
-        float* yr = &y(t, 0);
-        const float* sr = &s(t, 0);
-        for (index_t d = 0; d < D; ++d) yr[d] += sr[d];
-      }
-    });
-  }
+  void forward(tensor_view<float, 2> y, const_view<float, 2> x) { run(y, x, true, true); }
 
   /// The routed part only: `y [T, D] = Σ_i w_i · FFN_i(x)`. Updates `routing()` and `last_load()`.
-  void forward_routed(tensor_view<float, 2> y, const_view<float, 2> x) {
-    const index_t T = x.extent(0), D = cfg_.hidden_size, K = cfg_.num_experts_per_tok;
-    check(x.extent(1) == D && y.extent(0) == T && y.extent(1) == D, "moe_layer::forward: x is ", to_string(x.shape()),
-          " and y ", to_string(y.shape()), " but [T, ", D, "] (hidden_size) is needed for both");
-    check(x.rows_contiguous() && y.rows_contiguous(), "moe_layer::forward: rows of x and y must be contiguous");
-    router_.route(x, routing_, logits_);
-    plan_.build(routing_, cfg_.n_routed_experts);
-    for (index_t e = 0; e < cfg_.n_routed_experts; ++e) load_[static_cast<std::size_t>(e)] = plan_.count(e);
-    if (T == 0) return;
-    const index_t n = T * K;
-    xs_.resize(static_cast<std::size_t>(n * D));
-    eo_.resize(static_cast<std::size_t>(n * D));
-    tensor_view<float, 2> xs(xs_.data(), {n, D}), eo(eo_.data(), {n, D});
-    plan_.gather(xs, x);
-    for (std::int32_t e : plan_.active) {
-      const index_t b = plan_.offsets[static_cast<std::size_t>(e)], c = plan_.count(e);
-      swiglu_ffn(backend{}, eo.slice(0, b, b + c), xs.slice(0, b, b + c), experts_[static_cast<std::size_t>(e)], ws_);
-    }
-    plan_.combine(y, eo);
-  }
+  void forward_routed(tensor_view<float, 2> y, const_view<float, 2> x) { run(y, x, true, false); }
 
   /// The shared expert only: `y [T, D] = FFN_shared(x)` (zeros when n_shared_experts is 0).
-  void forward_shared(tensor_view<float, 2> y, const_view<float, 2> x) {
-    check(x.extent(1) == cfg_.hidden_size && y.extent(0) == x.extent(0) && y.extent(1) == cfg_.hidden_size,
-          "moe_layer::forward_shared: x is ", to_string(x.shape()), " and y ", to_string(y.shape()), " but [T, ",
-          cfg_.hidden_size, "] is needed for both");
-    if (cfg_.n_shared_experts == 0) {
-      for (index_t t = 0; t < y.extent(0); ++t)
-        for (index_t d = 0; d < y.extent(1); ++d) y(t, d) = 0.f;
-      return;
-    }
-    swiglu_ffn(backend{}, y, x, shared_, ws_);
-  }
+  /// Leaves `routing()` and `last_load()` as they were.
+  void forward_shared(tensor_view<float, 2> y, const_view<float, 2> x) { run(y, x, false, true); }
 
   /// The routing of the last forward (indices, weights, scores).
   const moela::moe::routing& routing() const { return routing_; }
@@ -152,6 +115,48 @@ class moe_layer<cpu<Arch>, Format, Router> {
   }
 
  private:
+  void run(tensor_view<float, 2> y, const_view<float, 2> x, bool routed, bool shared) {
+    const index_t T = x.extent(0), D = cfg_.hidden_size, K = cfg_.num_experts_per_tok;
+    check(x.extent(1) == D && y.extent(0) == T && y.extent(1) == D, "moe_layer::forward: x is ", to_string(x.shape()),
+          " and y ", to_string(y.shape()), " but [T, ", D, "] (hidden_size) is needed for both");
+    check(x.rows_contiguous() && y.rows_contiguous(), "moe_layer::forward: rows of x and y must be contiguous");
+    const bool with_shared = shared && cfg_.n_shared_experts > 0;
+    jobs_.clear();
+    tensor_view<float, 2> xs, eo, sh;
+    if (routed) {
+      router_.route(x, routing_, logits_);
+      plan_.build(routing_, cfg_.n_routed_experts);
+      for (index_t e = 0; e < cfg_.n_routed_experts; ++e) load_[static_cast<std::size_t>(e)] = plan_.count(e);
+      const index_t n = T * K;
+      xs_.resize(static_cast<std::size_t>(n * D));
+      eo_.resize(static_cast<std::size_t>(n * D));
+      xs = tensor_view<float, 2>(xs_.data(), {n, D});
+      eo = tensor_view<float, 2>(eo_.data(), {n, D});
+      plan_.gather(xs, x);
+      for (std::int32_t e : plan_.active) {
+        const index_t b = plan_.offsets[static_cast<std::size_t>(e)], c = plan_.count(e);
+        jobs_.push_back({&sliced_[static_cast<std::size_t>(e)], xs.slice(0, b, b + c), eo.slice(0, b, b + c)});
+      }
+    }
+    if (with_shared) {
+      if (routed) {
+        shared_buf_.resize(static_cast<std::size_t>(T * D));
+        sh = tensor_view<float, 2>(shared_buf_.data(), {T, D});
+      } else {
+        sh = y;
+      }
+      jobs_.push_back({&shared_sliced_, x, sh});
+    }
+    if (T == 0) return;
+    runner_.run(backend{}, std::span<const expert_job<Format>>(jobs_));
+    if (routed) {
+      plan_.combine(y, eo, with_shared ? const_view<float, 2>(sh) : const_view<float, 2>{});
+    } else if (!with_shared) {
+      for (index_t t = 0; t < T; ++t)
+        for (index_t d = 0; d < D; ++d) y(t, d) = 0.f;
+    }
+  }
+
   moe_config cfg_;
   Router router_;
   std::vector<swiglu_weights<Format>> experts_;
@@ -161,8 +166,11 @@ class moe_layer<cpu<Arch>, Format, Router> {
   tensor<float, 2> logits_;
   dispatch_plan plan_;
   std::vector<index_t> load_;
+  std::vector<sliced_ffn<Format>> sliced_;
+  sliced_ffn<Format> shared_sliced_;
+  std::vector<expert_job<Format>> jobs_;
+  expert_runner runner_;
   std::vector<float> xs_, eo_, shared_buf_;
-  ffn_workspace ws_;
 };
 
 }  // namespace moela::moe

@@ -15,10 +15,16 @@
 /// shared_experts.{gate,up,down}_proj.*           /  ceil(cols/128)] (DeepSeek FP8 blocks)
 /// {gate,up,down}_proj.weight                     the dense MLP (`load_swiglu_weights(src, prefix)`)
 /// ```
-/// `load_matrix<Format>(src, base)` reads `base + ".weight"` as FP32 (FP8 blocks dequantised
-/// as `e4m3 · scale_inv[r/128, c/128]`) and converts it with `qmatrix<Format>::quantize`.
-/// Every loader also takes a `MatrixLoader` callable `(const std::string& base) ->
-/// qmatrix<Format>` for formats that load their own codes (e.g. FP8 kept as FP8).
+/// Two ways to get a `qmatrix<Format>` from `base` (e.g. `model.layers.1.mlp.experts.0.up_proj`):
+/// - `load_matrix<Format>(src, base)` (the default of every loader) reads `base.weight` as
+///   FP32 (FP8 blocks dequantised as `e4m3 · scale_inv[r/128, c/128]`) and converts it with
+///   `qmatrix<Format>::quantize`: any checkpoint dtype into any format; the result owns its memory.
+/// - `borrow_matrix<Format>(file, base)`: zero-copy over the mapped file when the stored dtype
+///   is the format's (BF16 -> `quant::bf16`, F32 -> `quant::f32`, F16 -> `quant::fp16`,
+///   F8_E4M3 + `weight_scale_inv` -> `quant::fp8_block<128, 128>`); the file object (or a copy
+///   of it) must outlive the layer. Pass it as the `MatrixLoader`:
+///   `load_moe_weights<F>(file, prefix, cfg, [&](const std::string& b) { return borrow_matrix<F>(file, b); })`.
+/// Every loader takes such a `MatrixLoader` callable `(const std::string& base) -> qmatrix<Format>`.
 ///
 /// Errors: `moela::error` naming the tensor when it is missing, has the wrong rank / shape /
 /// dtype, or the bias is not F32.
@@ -57,6 +63,22 @@ template <class Format, class Source>
 qmatrix<Format> load_matrix(const Source& src, const std::string& base) {
   const tensor<float, 2> w = load_float_matrix(src, base);
   return qmatrix<Format>::quantize(w.cview());
+}
+
+/// Zero-copy `qmatrix<Format>` over `base.weight` (and `base.weight_scale_inv` for FP8 blocks).
+/// Throws naming the tensor when its dtype is not the format's code type.
+template <class Format>
+qmatrix<Format> borrow_matrix(const io::safetensors_file& f, const std::string& base) {
+  using code = typename Format::code_type;
+  if constexpr (Format::kind == quant::format_kind::dense) {
+    return qmatrix<Format>::borrow(f.view<code, 2>(base + ".weight"));
+  } else if constexpr (Format::kind == quant::format_kind::fp8_block) {
+    static_assert(Format::block_rows == 128 && Format::group == 128,
+                  "borrow_matrix: DeepSeek FP8 checkpoints use 128x128 blocks");
+    return qmatrix<Format>::borrow(f.view<code, 2>(base + ".weight"), f.view<float, 2>(base + ".weight_scale_inv"));
+  } else {
+    static_assert(Format::kind == quant::format_kind::dense, "borrow_matrix: no checkpoint stores this format; use load_matrix");
+  }
 }
 
 /// The three projections under `prefix` (`prefix.gate_proj`, `.up_proj`, `.down_proj`).

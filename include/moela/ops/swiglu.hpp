@@ -11,7 +11,8 @@
 ///
 /// Accuracy: xsimd's `exp` is within a few ulp of the correctly rounded value, so each output is
 /// within about 4 ulp (relative 5e-7) of `silu(gate)·up` evaluated exactly, for finite inputs.
-/// For `gate → -inf` the result is `-0 · up`; NaN propagates.
+/// A very negative finite gate gives `-0 · up`; `gate = -inf` gives NaN (as PyTorch's
+/// `silu(-inf)`); NaN propagates.
 /// Errors: a `moela::error` naming `swiglu` when the lengths / shapes differ or rows are strided.
 
 #include <cmath>

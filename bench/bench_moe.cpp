@@ -1,0 +1,204 @@
+// DeepSeekMoE layer benchmarks, V2-Lite shape: hidden 2048, 64 routed experts (top-6, softmax,
+// greedy), 2 shared experts, moe_intermediate 1408 (shared width 2816).
+//
+//  moe/<format>/T<tokens>   one moe_layer::forward on T random tokens.
+//    T = 1, 8 (decode): counter roofline_ratio = (bytes of the weights actually read: gate,
+//      active experts, shared expert) / time, over the STREAM-triad bandwidth.
+//    T = 512 (prefill): counter dense_ratio = the layer's FLOP/s over the FLOP/s of one dense
+//      matmul of the same format with the same FLOPs (x [512, 2048] times W [3·11264, 2048]ᵀ,
+//      11264 = (6 + 2)·1408 expert rows per token).
+//  moe_router/T<tokens>     the gate alone (FP32 logits GEMM + selection): counter tokens_per_s,
+//    and layer_share = router time / bf16 layer time at the same T.
+//
+// Formats: bf16, fp8 (fp8_block<128,128>, DeepSeek's), int8 (int8_rowwise).
+// One layer (about 1.1 GB in bf16) is built per format and kept only while that
+// format's benchmarks run.
+#include "support.hpp"
+
+#include <moela/moe.hpp>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace {
+
+using namespace moela;
+using namespace moela::moe;
+
+moe_config v2_lite_config() {
+  moe_config c;
+  c.hidden_size = 2048;
+  c.n_routed_experts = 64;
+  c.num_experts_per_tok = 6;
+  c.n_group = 1;
+  c.topk_group = 1;
+  c.scoring_func = score_fn::softmax;
+  c.topk_method = topk_rule::greedy;
+  c.norm_topk_prob = false;
+  c.routed_scaling_factor = 1.0f;
+  c.n_shared_experts = 2;
+  c.moe_intermediate_size = 1408;
+  return c;
+}
+
+// Cheap deterministic fill (weights need only be finite and varied; values ~U(-a, a)).
+void fill(std::span<float> v, std::uint64_t seed, float a) {
+  std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& x : v) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    x = a * (float(s >> 40) * (2.0f / 16777216.0f) - 1.0f);
+  }
+}
+
+template <class F>
+qmatrix<F> random_matrix(index_t r, index_t c, std::uint64_t seed) {
+  tensor<float, 2> t({r, c});
+  fill(t.flat(), seed, 1.7f / std::sqrt(float(c)));
+  return qmatrix<F>::quantize(t.cview());
+}
+
+template <class F>
+swiglu_weights<F> random_ffn(index_t D, index_t I, std::uint64_t seed) {
+  return {random_matrix<F>(I, D, seed), random_matrix<F>(I, D, seed + 1), random_matrix<F>(D, I, seed + 2)};
+}
+
+template <class F>
+struct bench_layer {
+  moe_layer<cpu<>, F> layer;
+  double dense_flops_per_s = 0;  // the format's dense matmul throughput at T = 512 (lazy)
+};
+
+// Keeps one format's layer alive at a time.
+std::shared_ptr<void> g_current;
+std::string g_current_name;
+std::map<index_t, double> g_bf16_layer_seconds;  // T -> seconds per forward (for layer_share)
+
+template <class F>
+bench_layer<F>& get_layer(const std::string& name) {
+  if (g_current_name != name) {
+    g_current.reset();
+    const moe_config c = v2_lite_config();
+    moe_weights<F> w;
+    w.gate = tensor<float, 2>({c.n_routed_experts, c.hidden_size});
+    fill(w.gate.flat(), 1, 1.7f / std::sqrt(float(c.hidden_size)));
+    for (index_t e = 0; e < c.n_routed_experts; ++e)
+      w.experts.push_back(random_ffn<F>(c.hidden_size, c.moe_intermediate_size, 100 + 3 * std::uint64_t(e)));
+    w.shared = random_ffn<F>(c.hidden_size, c.shared_intermediate_size(), 50);
+    auto p = std::make_shared<bench_layer<F>>(bench_layer<F>{moe_layer<cpu<>, F>(c, std::move(w)), 0.0});
+    g_current = p;
+    g_current_name = name;
+  }
+  return *static_cast<bench_layer<F>*>(g_current.get());
+}
+
+tensor<float, 2> random_tokens(index_t T, index_t D) {
+  tensor<float, 2> x({T, D});
+  fill(x.flat(), 7 + std::uint64_t(T), 1.7f);
+  return x;
+}
+
+template <class F>
+double dense_flops_per_s(bench_layer<F>& bl, index_t T) {
+  if (bl.dense_flops_per_s > 0) return bl.dense_flops_per_s;
+  const moe_config& c = bl.layer.config();
+  const index_t N = 3 * (c.num_experts_per_tok * c.moe_intermediate_size + c.shared_intermediate_size());
+  const qmatrix<F> w = random_matrix<F>(N, c.hidden_size, 9);
+  const tensor<float, 2> x = random_tokens(T, c.hidden_size);
+  tensor<float, 2> y({T, N});
+  matmul(cpu<>{}, y.view(), x.cview(), w);  // warm-up
+  double best = 1e30;
+  for (int rep = 0; rep < 2; ++rep) {
+    const double t0 = moela_bench::now_s();
+    matmul(cpu<>{}, y.view(), x.cview(), w);
+    best = std::min(best, moela_bench::now_s() - t0);
+  }
+  bl.dense_flops_per_s = 2.0 * double(T) * double(N) * double(c.hidden_size) / best;
+  return bl.dense_flops_per_s;
+}
+
+template <class F>
+void bm_moe(benchmark::State& st, std::string name, index_t T) {
+  auto& bl = get_layer<F>(name);
+  auto& layer = bl.layer;
+  const moe_config& c = layer.config();
+  const tensor<float, 2> x = random_tokens(T, c.hidden_size);
+  tensor<float, 2> y({T, c.hidden_size});
+  layer.forward(y.view(), x.cview());  // warm-up (scratch, pages)
+  double seconds = 0;
+  for (auto _ : st) {
+    const double t0 = moela_bench::now_s();
+    layer.forward(y.view(), x.cview());
+    seconds += moela_bench::now_s() - t0;
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double per_iter = seconds / double(st.iterations());
+  const double bytes = double(layer.active_weight_bytes());
+  const double flops = 2.0 * double(T) * double(c.hidden_size) * 3.0 *
+                       double(c.num_experts_per_tok * c.moe_intermediate_size + c.shared_intermediate_size());
+  st.counters["active_MB"] = bytes / 1e6;
+  st.counters["active_experts"] = double(layer.plan().active.size());
+  st.counters["GBps"] = bytes / per_iter / 1e9;
+  st.counters["GFLOPs"] = flops / per_iter / 1e9;
+  if (T <= 8) {
+    st.counters["roofline_ratio"] = bytes / per_iter / moela_bench::triad_bytes_per_s();
+  } else {
+    const double dense = dense_flops_per_s(bl, T);
+    st.counters["dense_GFLOPs"] = dense / 1e9;
+    st.counters["dense_ratio"] = flops / per_iter / dense;
+  }
+  if (name == "bf16") g_bf16_layer_seconds[T] = per_iter;
+  st.SetLabel(xsimd::default_arch::name());
+}
+
+void bm_router(benchmark::State& st, index_t T) {
+  auto& bl = get_layer<quant::bf16>("bf16");
+  auto& layer = bl.layer;
+  const tensor<float, 2> x = random_tokens(T, layer.config().hidden_size);
+  routing r;
+  tensor<float, 2> logits;
+  layer.router().route(x.cview(), r, logits);
+  double seconds = 0;
+  for (auto _ : st) {
+    const double t0 = moela_bench::now_s();
+    layer.router().route(x.cview(), r, logits);
+    seconds += moela_bench::now_s() - t0;
+    benchmark::DoNotOptimize(r.topk_idx.data());
+  }
+  const double per_iter = seconds / double(st.iterations());
+  st.counters["tokens_per_s"] = benchmark::Counter(double(T) * double(st.iterations()), benchmark::Counter::kIsRate);
+  if (!g_bf16_layer_seconds.count(T)) {  // the layer bench did not run (filtered): time it here
+    tensor<float, 2> y({T, layer.config().hidden_size});
+    layer.forward(y.view(), x.cview());
+    const double t0 = moela_bench::now_s();
+    layer.forward(y.view(), x.cview());
+    g_bf16_layer_seconds[T] = moela_bench::now_s() - t0;
+  }
+  st.counters["layer_share"] = per_iter / g_bf16_layer_seconds[T];
+}
+
+template <class F>
+void register_format(const std::string& name) {
+  for (index_t T : {1, 8, 512}) {
+    auto* b = benchmark::RegisterBenchmark(("moe/" + name + "/T" + std::to_string(T)).c_str(),
+                                           [name, T](benchmark::State& st) { bm_moe<F>(st, name, T); });
+    b->Unit(benchmark::kMillisecond);  // no UseRealTime/Iterations: they would suffix the name
+  }
+}
+
+const bool registered = [] {
+  register_format<quant::bf16>("bf16");
+  for (index_t T : {1, 8, 512})
+    benchmark::RegisterBenchmark(("moe_router/T" + std::to_string(T)).c_str(),
+                                 [T](benchmark::State& st) { bm_router(st, T); })
+        ->Unit(benchmark::kMicrosecond);
+  register_format<quant::fp8_block<128, 128>>("fp8");
+  register_format<quant::int8_rowwise<>>("int8");
+  return true;
+}();
+
+}  // namespace

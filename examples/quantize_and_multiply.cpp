@@ -1,0 +1,85 @@
+// Quantized weights with moela's public headers: borrow a DeepSeek-style FP8 weight straight
+// out of a safetensors checkpoint (zero copy), multiply in the fast and the DeepSeek-faithful
+// FP8 modes, re-quantize the same weight to other formats and compare size and error.
+//
+// usage: quantize_and_multiply [model.safetensors] [tensor name]
+// ctest-args: examples/models/tiny-fortunes-fp8/model.safetensors model.layers.0.mlp.down_proj.weight
+#include <moela/core/build_info.hpp>
+#include <moela/io/safetensors.hpp>
+#include <moela/quant.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+
+namespace q = moela::quant;
+
+namespace {
+
+/// max |a - b| / max |b|
+double rel_err(const moela::tensor<float, 2>& a, const moela::tensor<float, 2>& b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.flat().size(); ++i) {
+    num = std::max(num, std::fabs(double(a.flat()[i]) - double(b.flat()[i])));
+    den = std::max(den, std::fabs(double(b.flat()[i])));
+  }
+  return num / den;
+}
+
+template <class F>
+void report(const char* name, const moela::tensor<float, 2>& w_f32, const moela::tensor<float, 2>& x,
+            const moela::tensor<float, 2>& y_ref) {
+  const auto w = moela::qmatrix<F>::quantize(w_f32.cview());
+  moela::tensor<float, 2> y({x.extent(0), w.rows()});
+  moela::matmul(y.view(), x.cview(), w);
+  std::printf("  %-22s %8zu bytes   output error vs f32: %.2e\n", name, w.bytes(), rel_err(y, y_ref));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::printf("%s\n", moela::build_info().summary().c_str());
+  std::string path = MOELA_SOURCE_DIR "/examples/models/tiny-fortunes-fp8/model.safetensors";
+  std::string name = "model.layers.0.mlp.down_proj.weight";
+  if (argc > 1) path = argv[1][0] == '/' ? argv[1] : std::string(MOELA_SOURCE_DIR "/") + argv[1];
+  if (argc > 2) name = argv[2];
+  try {
+    moela::io::safetensors_file file(path);
+    // 1. Zero-copy FP8 weight: E4M3 codes [N, K] + weight_scale_inv [ceil(N/128), ceil(K/128)].
+    using fp8 = moela::qmatrix<q::fp8_block<128, 128>>;
+    const fp8 w = fp8::borrow(file.view<moela::fp8_e4m3, 2>(name), file.view<float, 2>(name + "_scale_inv"));
+    std::printf("%s: [%ld, %ld] fp8_block<128,128>, %zu bytes, borrowed: %s\n", name.c_str(), w.rows(), w.cols(),
+                w.bytes(), w.owns_storage() ? "no" : "yes");
+
+    // 2. A batch of 3 activation rows.
+    std::mt19937 rng(1);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    moela::tensor<float, 2> x({3, w.cols()});
+    for (auto& v : x.flat()) v = nd(rng);
+
+    // 3. Reference: the dequantized weight in f32 (exactly the FP8 values times their scales).
+    const auto w_f32 = w.dequantize();
+    moela::tensor<float, 2> y_ref({3, w.rows()}), y_fast({3, w.rows()}), y_faithful({3, w.rows()});
+    moela::matmul(y_ref.view(), x.cview(), moela::qmatrix<q::f32>::borrow(w_f32.cview()));
+    moela::matmul(y_fast.view(), x.cview(), w);                                // weight-only FP8
+    moela::matmul(y_faithful.view(), x.cview(), w, q::fp8_mode::faithful{});  // W8A8, DeepSeek numerics
+    std::printf("fast mode      error vs f32 weights: %.2e (fp32 rounding only)\n", rel_err(y_fast, y_ref));
+    std::printf("faithful mode  error vs f32 weights: %.2e (adds 1x128 E4M3 activation quantization)\n",
+                rel_err(y_faithful, y_ref));
+
+    // 4. The same weight in other formats.
+    std::printf("re-quantized from the dequantized FP8 weight:\n");
+    report<q::bf16>("bf16", w_f32, x, y_ref);
+    report<q::int8_rowwise<>>("int8_rowwise", w_f32, x, y_ref);
+    report<q::int8_group<64>>("int8_group<64>", w_f32, x, y_ref);
+    report<q::int4_group<32>>("int4_group<32>", w_f32, x, y_ref);
+    report<q::int4_group_asym<64>>("int4_group_asym<64>", w_f32, x, y_ref);
+    const bool ok = rel_err(y_fast, y_ref) < 1e-5 && rel_err(y_faithful, y_ref) < 0.2;
+    std::printf("%s\n", ok ? "ok" : "UNEXPECTED ERROR LEVEL");
+    return ok ? 0 : 1;
+  } catch (const moela::error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+}

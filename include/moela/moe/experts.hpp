@@ -1,0 +1,166 @@
+#pragma once
+/// \file moela/moe/experts.hpp
+/// Grouped execution of several SwiGLU experts, each on its own block of token rows, as two
+/// task-parallel phases (the engine behind `moe_layer`):
+///
+/// 1. for every (expert job, chunk of `chunk_rows` intermediate rows):
+///    `g = x · gate[chunk]ᵀ`, `u = x · up[chunk]ᵀ`, `h[:, chunk] = silu(g) ⊙ u`;
+/// 2. for every (expert job, chunk of `chunk_rows` output rows): `out[:, chunk] = h · down[chunk]ᵀ`.
+///
+/// Tasks are handed out dynamically over the thread pool, so work spreads by expert *and* by
+/// rows: a hot expert with many tokens is split into `I / chunk_rows` + `D / chunk_rows` tasks,
+/// and many small experts share threads without a fork/join per matrix. Inside a task
+/// `moela::matmul` runs single-threaded on a row slice of the weight, a zero-copy `qmatrix`
+/// borrowed over rows `[r0, r1)` (GEMV when the job has one token, GEMM when it has many).
+/// Each weight chunk is read once per forward; experts without a job are never touched.
+///
+/// `chunk_rows` is 128 rounded up to the format's block rows (FP8 blocks are never split).
+
+#include <algorithm>
+#include <span>
+#include <vector>
+
+#include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/tags.hpp"
+#include "moela/core/error.hpp"
+#include "moela/core/tensor.hpp"
+#include "moela/moe/ffn.hpp"
+#include "moela/ops/matmul.hpp"
+#include "moela/ops/swiglu.hpp"
+
+namespace moela::moe {
+
+/// Rows per task for `Format`: 128, rounded up to a multiple of the format's block rows.
+template <class Format>
+constexpr index_t chunk_rows_for() {
+  constexpr index_t br = Format::block_rows > 0 ? Format::block_rows : 1;
+  return (128 + br - 1) / br * br;
+}
+
+/// A zero-copy view of rows `[r0, r1)` of `w` (r0 a multiple of the format's block rows).
+/// The slice borrows `w`'s storage: `w` must outlive it.
+template <class Format>
+qmatrix<Format> row_slice(const qmatrix<Format>& w, index_t r0, index_t r1) {
+  check(0 <= r0 && r0 < r1 && r1 <= w.rows(), "moe::row_slice: rows [", r0, ", ", r1, ") of a matrix with ", w.rows(),
+        " rows");
+  const auto codes = w.codes().slice(0, r0, r1);
+  if constexpr (!Format::has_scales) {
+    return qmatrix<Format>::borrow(codes);
+  } else {
+    constexpr index_t br = Format::block_rows > 0 ? Format::block_rows : 1;
+    check(r0 % br == 0, "moe::row_slice: row ", r0, " is not on a ", br, "-row scale block boundary");
+    const auto scales = w.scales().slice(0, r0 / br, (r1 + br - 1) / br);
+    if constexpr (Format::packed4) {
+      if constexpr (Format::has_zero)
+        return qmatrix<Format>::borrow(codes, scales, w.zeros().slice(0, r0 / br, (r1 + br - 1) / br));
+      else
+        return qmatrix<Format>::borrow(codes, scales);
+    } else {
+      return qmatrix<Format>::borrow(codes, scales);
+    }
+  }
+}
+
+/// One SwiGLU expert cut into row chunks for task-parallel execution.
+template <class Format>
+struct sliced_ffn {
+  index_t hidden = 0, inter = 0, chunk = 0;
+  std::vector<qmatrix<Format>> gate, up;  ///< chunks of the I rows
+  std::vector<qmatrix<Format>> down;      ///< chunks of the D rows
+
+  sliced_ffn() = default;
+  /// Slices `w` (which must outlive this object).
+  explicit sliced_ffn(const swiglu_weights<Format>& w, index_t chunk_rows = chunk_rows_for<Format>())
+      : hidden(w.hidden_size()), inter(w.intermediate_size()), chunk(chunk_rows) {
+    for (index_t r = 0; r < inter; r += chunk) {
+      gate.push_back(row_slice(w.gate_proj, r, std::min(inter, r + chunk)));
+      up.push_back(row_slice(w.up_proj, r, std::min(inter, r + chunk)));
+    }
+    for (index_t r = 0; r < hidden; r += chunk) down.push_back(row_slice(w.down_proj, r, std::min(hidden, r + chunk)));
+  }
+};
+
+/// One expert evaluation: `out[m, D] = FFN(x[m, D])`, rows contiguous.
+template <class Format>
+struct expert_job {
+  const sliced_ffn<Format>* ffn;
+  const_view<float, 2> x;
+  tensor_view<float, 2> out;
+};
+
+/// Runs a list of expert jobs in the two phases described above. Owns the `h` scratch
+/// (grown on demand, never shrunk) and the task lists; not thread-safe.
+class expert_runner {
+ public:
+  template <class Arch, class Format>
+  void run(cpu<Arch>, std::span<const expert_job<Format>> jobs) {
+    // h offsets and task lists
+    h_off_.resize(jobs.size() + 1);
+    h_off_[0] = 0;
+    tasks1_.clear();
+    tasks2_.clear();
+    for (std::size_t j = 0; j < jobs.size(); ++j) {
+      const auto& jb = jobs[j];
+      const auto& f = *jb.ffn;
+      check(jb.x.extent(0) == jb.out.extent(0) && jb.x.extent(1) == f.hidden && jb.out.extent(1) == f.hidden,
+            "moe::expert_runner: job ", j, " has x ", to_string(jb.x.shape()), " and out ", to_string(jb.out.shape()),
+            " for an expert of hidden size ", f.hidden);
+      check(jb.x.rows_contiguous() && jb.out.rows_contiguous(), "moe::expert_runner: rows must be contiguous");
+      const index_t m = jb.x.extent(0);
+      h_off_[j + 1] = h_off_[j] + m * f.inter;
+      if (m == 0) continue;
+      for (std::size_t c = 0; c < f.gate.size(); ++c) tasks1_.push_back({static_cast<index_t>(j), static_cast<index_t>(c)});
+      for (std::size_t c = 0; c < f.down.size(); ++c) tasks2_.push_back({static_cast<index_t>(j), static_cast<index_t>(c)});
+    }
+    if (tasks1_.empty()) return;
+    const auto total = static_cast<std::size_t>(h_off_.back());
+    if (h_.size() < total) {
+      h_.resize(total);
+      u_.resize(total);
+    }
+    // Phase 1: gate and up chunks, then silu(gate) * up on the chunk.
+    parallel_for(
+        static_cast<index_t>(tasks1_.size()),
+        [&](index_t t0, index_t t1) {
+          for (index_t t = t0; t < t1; ++t) {
+            const auto [j, c] = tasks1_[static_cast<std::size_t>(t)];
+            const auto& jb = jobs[static_cast<std::size_t>(j)];
+            const auto& f = *jb.ffn;
+            const index_t m = jb.x.extent(0), r0 = c * f.chunk, r1 = std::min(f.inter, r0 + f.chunk);
+            float* hb = h_.data() + h_off_[static_cast<std::size_t>(j)];
+            float* ub = u_.data() + h_off_[static_cast<std::size_t>(j)];
+            tensor_view<float, 2> g(hb + r0, {m, r1 - r0}, {f.inter, 1}), u(ub + r0, {m, r1 - r0}, {f.inter, 1});
+            matmul(cpu<Arch>{}, g, jb.x, f.gate[static_cast<std::size_t>(c)]);
+            matmul(cpu<Arch>{}, u, jb.x, f.up[static_cast<std::size_t>(c)]);
+            for (index_t i = 0; i < m; ++i)
+              moela::detail::swiglu_kernel<Arch>(&g(i, 0), &g(i, 0), &u(i, 0), static_cast<std::size_t>(r1 - r0));
+          }
+        },
+        1);
+    // Phase 2: down chunks over the whole h of the job.
+    parallel_for(
+        static_cast<index_t>(tasks2_.size()),
+        [&](index_t t0, index_t t1) {
+          for (index_t t = t0; t < t1; ++t) {
+            const auto [j, c] = tasks2_[static_cast<std::size_t>(t)];
+            const auto& jb = jobs[static_cast<std::size_t>(j)];
+            const auto& f = *jb.ffn;
+            const index_t m = jb.x.extent(0), r0 = c * f.chunk, r1 = std::min(f.hidden, r0 + f.chunk);
+            const_view<float, 2> h(h_.data() + h_off_[static_cast<std::size_t>(j)], {m, f.inter});
+            tensor_view<float, 2> o = jb.out.slice(1, r0, r1);
+            matmul(cpu<Arch>{}, o, h, f.down[static_cast<std::size_t>(c)]);
+          }
+        },
+        1);
+  }
+
+ private:
+  struct task {
+    index_t job, chunk;
+  };
+  std::vector<index_t> h_off_;
+  std::vector<task> tasks1_, tasks2_;
+  std::vector<float> h_, u_;
+};
+
+}  // namespace moela::moe
