@@ -119,6 +119,16 @@ options parse(int argc, char** argv) {
   return o;
 }
 
+// Resident set size of this process (Linux), 0 when unknown.
+double resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  long pages = 0, rss = 0;
+  const int n = std::fscanf(f, "%ld %ld", &pages, &rss);
+  std::fclose(f);
+  return n == 2 ? double(rss) * 4096.0 : 0;
+}
+
 std::string human_bytes(double b) {
   const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int i = 0;
@@ -171,9 +181,13 @@ int run(const options& o, const moela::io::model_config& cfg, const char* format
                 o.model.c_str(), cfg.model_type.c_str(), cfg.num_hidden_layers,
                 std::min(cfg.first_k_dense_replace, cfg.num_hidden_layers), cfg.hidden_size, cfg.num_attention_heads,
                 cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.vocab_size);
-    std::printf("setup  weights %s (%s used in place, %s converted), KV cache %s (%zu B/token/layer), %d threads, %s\n",
+    std::printf("setup  weights %s (%s used in place, %s converted), KV cache %s (%zu B/token/layer, %s reserved), "
+                "%d threads, %s\n",
                 format_name, human_bytes(double(st.borrowed)).c_str(), human_bytes(double(st.converted)).c_str(),
-                CacheFormat::name, cache.bytes_per_token(), moela::num_threads(), moela::build_info().summary().c_str());
+                CacheFormat::name, cache.bytes_per_token(), human_bytes(double(cache.memory_bytes())).c_str(),
+                moela::num_threads(), moela::build_info().summary().c_str());
+    std::printf("memory resident %s after loading (checkpoint files %s)\n", human_bytes(resident_bytes()).c_str(),
+                human_bytes(double(m.checkpoint()->file_bytes())).c_str());
     if (o.sampling.temperature == 0)
       std::printf("sample greedy\n");
     else
