@@ -17,6 +17,7 @@ required_conan_version = ">=2.0"
 
 class MoelaConan(ConanFile):
     name = "moela"
+    license = "MIT"
     description = "Header-only C++20 MoE + Multi-head Latent Attention inference library (CPU via xsimd + Eigen, optional CUDA)"
     topics = ("inference", "llm", "moe", "mla", "fp8", "header-only")
     package_type = "header-library"
