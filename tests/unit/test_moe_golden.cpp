@@ -114,12 +114,17 @@ void check_layer1(const char* ckpt, bool borrow = false) {
   layer.forward(full.view(), x.cview());
   CHECK(rel_err(full.cview(), expected.to_float<2>("layers.1.ffn_out")) <= fp32_tol);
 
-  // decode-shaped calls (one token at a time) give the same rows as the batch (same experts,
-  // same per-expert arithmetic per row; GEMM rows are independent).
+  // decode-shaped calls (one token at a time) route the same and agree with the batch up to FP32
+  // reassociation: the matmul may sum a GEMV and a GEMM in different orders, a few ulp of the
+  // partial sums, far below 1e-5 of the output's max (a wrong expert would move it by > 1e-2).
+  double mx = 0;
+  for (float v : full.flat()) mx = std::max(mx, std::abs(double(v)));
   tensor<float, 2> one({1, D});
   for (index_t t : {0, 7, 15}) {
+    CAPTURE(t);
     layer.forward(one.view(), x.cview().slice(0, t, t + 1));
-    for (index_t d = 0; d < D; ++d) CHECK(one(0, d) == doctest::Approx(full(t, d)).epsilon(1e-5).scale(1e-3));
+    for (index_t i = 0; i < K; ++i) CHECK(layer.routing().topk_idx(0, i) == int(idx(t, i)));
+    for (index_t d = 0; d < D; ++d) CHECK(std::abs(double(one(0, d)) - double(full(t, d))) <= 1e-5 * mx);
   }
 }
 
