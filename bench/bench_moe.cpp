@@ -12,7 +12,7 @@
 //  moe_router/T<tokens>     the gate alone (FP32 logits GEMM + selection): counter tokens_per_s,
 //    and layer_share = router time / bf16 layer time at the same T.
 //
-// Formats: bf16, fp8 (fp8_block<128,128>, DeepSeek's), int8 (int8_rowwise).
+// Formats: bf16, fp8 (fp8_block<128,128>, DeepSeek's), int8 (int8_rowwise), int4 (int4_group<64>).
 // One layer (about 1.1 GB in bf16) is built per format and kept only while that
 // format's benchmarks run.
 #include "support.hpp"
@@ -207,6 +207,7 @@ const bool registered = [] {
         ->Unit(benchmark::kMicrosecond);
   register_format<quant::fp8_block<128, 128>>("fp8");
   register_format<quant::int8_rowwise<>>("int8");
+  register_format<quant::int4_group<64>>("int4");
   return true;
 }();
 
