@@ -12,10 +12,14 @@
 #include <random>
 #include <vector>
 
+#include "support/random.hpp"
+
 using namespace moela;
 using namespace moela::moe;
 
 namespace {
+
+using moela_test::random_matrix;
 
 moe_config small_config(index_t E, index_t K, index_t G, index_t TG, score_fn s, topk_rule m, bool norm, float scale,
                         index_t shared, index_t hidden = 48, index_t inter = 20) {
@@ -34,24 +38,17 @@ moe_config small_config(index_t E, index_t K, index_t G, index_t TG, score_fn s,
   return c;
 }
 
-tensor<float, 2> randn(std::mt19937& rng, index_t r, index_t c, float sd) {
-  std::normal_distribution<float> nd(0.f, sd);
-  tensor<float, 2> t({r, c});
-  for (auto& v : t.flat()) v = nd(rng);
-  return t;
-}
-
 template <class Format>
 swiglu_weights<Format> random_ffn(std::mt19937& rng, index_t D, index_t I) {
   const float sd_in = 1.0f / std::sqrt(float(D)), sd_out = 1.0f / std::sqrt(float(I));
-  return {qmatrix<Format>::quantize(randn(rng, I, D, sd_in).cview()), qmatrix<Format>::quantize(randn(rng, I, D, sd_in).cview()),
-          qmatrix<Format>::quantize(randn(rng, D, I, sd_out).cview())};
+  return {qmatrix<Format>::quantize(random_matrix(rng, I, D, sd_in).cview()), qmatrix<Format>::quantize(random_matrix(rng, I, D, sd_in).cview()),
+          qmatrix<Format>::quantize(random_matrix(rng, D, I, sd_out).cview())};
 }
 
 template <class Format>
 moe_weights<Format> random_weights(std::mt19937& rng, const moe_config& c, float bias_spread = 0.2f) {
   moe_weights<Format> w;
-  w.gate = randn(rng, c.n_routed_experts, c.hidden_size, 1.0f / std::sqrt(float(c.hidden_size)));
+  w.gate = random_matrix(rng, c.n_routed_experts, c.hidden_size, 1.0f / std::sqrt(float(c.hidden_size)));
   if (c.has_bias()) {
     w.bias = tensor<float, 1>({c.n_routed_experts});
     std::uniform_real_distribution<float> ud(0.f, bias_spread);
@@ -144,7 +141,7 @@ void check_layer(const moe_config& c, index_t T, std::uint32_t seed) {
   CAPTURE(T);
   std::mt19937 rng(seed);
   moe_layer<cpu<>, Format, Router> layer(c, random_weights<Format>(rng, c));
-  const tensor<float, 2> x = randn(rng, T, c.hidden_size, 1.0f);
+  const tensor<float, 2> x = random_matrix(rng, T, c.hidden_size, 1.0f);
   tensor<float, 2> y({T, c.hidden_size});
   layer.forward(y.view(), x.cview());
   const dense_reference ref = evaluate_dense(layer, x);
@@ -192,7 +189,7 @@ TEST_CASE_TEMPLATE("row_slice: a chunk of rows equals those rows of the matrix",
                    quant::fp8_block<128, 128>, quant::int8_rowwise<>, quant::int8_group<32>, quant::int4_group<32>,
                    quant::int4_group_asym<64>) {
   std::mt19937 rng(30);
-  const qmatrix<F> w = qmatrix<F>::quantize(randn(rng, 300, 256, 1.0f).cview());
+  const qmatrix<F> w = qmatrix<F>::quantize(random_matrix(rng, 300, 256, 1.0f).cview());
   const auto full = w.dequantize();
   for (auto [r0, r1] : {std::pair<index_t, index_t>{0, 128}, {128, 256}, {256, 300}, {0, 300}}) {
     const qmatrix<F> s = row_slice(w, r0, r1);
@@ -221,7 +218,7 @@ TEST_CASE("moe_layer: one token touches only its K experts") {
   const auto c = small_config(16, 4, 1, 1, score_fn::softmax, topk_rule::greedy, false, 1.0f, 1);
   std::mt19937 rng(2);
   moe_layer<cpu<>, quant::bf16> layer(c, random_weights<quant::bf16>(rng, c));
-  const tensor<float, 2> x = randn(rng, 1, 48, 1.0f);
+  const tensor<float, 2> x = random_matrix(rng, 1, 48, 1.0f);
   tensor<float, 2> y({1, 48});
   layer.forward(y.view(), x.cview());
   CHECK(layer.plan().active.size() == 4);
@@ -241,7 +238,7 @@ TEST_CASE("moe_layer: all tokens on one expert (a hot expert)") {
   w.bias(5) = 50.0f;
   moe_layer<cpu<>, quant::f32> layer(c, std::move(w));
   const index_t T = 64;
-  const tensor<float, 2> x = randn(rng, T, 48, 1.0f);
+  const tensor<float, 2> x = random_matrix(rng, T, 48, 1.0f);
   tensor<float, 2> y({T, 48});
   layer.forward(y.view(), x.cview());
   CHECK(layer.last_load()[5] == T);
@@ -255,7 +252,7 @@ TEST_CASE("moe_layer: the result does not depend on the thread count") {
   const auto c = small_config(16, 4, 4, 2, score_fn::sigmoid, topk_rule::noaux_tc, true, 2.5f, 1);
   std::mt19937 rng(4);
   moe_layer<cpu<>, quant::f32> layer(c, random_weights<quant::f32>(rng, c));
-  const tensor<float, 2> x = randn(rng, 100, 48, 1.0f);
+  const tensor<float, 2> x = random_matrix(rng, 100, 48, 1.0f);
   tensor<float, 2> y1({100, 48}), y2({100, 48});
   const int n = num_threads();
   set_num_threads(1);

@@ -14,12 +14,16 @@
 #include <string>
 #include <vector>
 
+#include "support/random.hpp"
+
 using namespace moela;
 using namespace moela::moe;
 using moe_ref::ref_result;
 using moe_ref::reference_route;
 
 namespace {
+
+using moela_test::random_matrix;
 
 moe_config make_config(index_t E, index_t K, index_t G, index_t TG, score_fn s, topk_rule m, bool norm, float scale) {
   moe_config c;
@@ -35,13 +39,6 @@ moe_config make_config(index_t E, index_t K, index_t G, index_t TG, score_fn s, 
   c.n_shared_experts = 1;
   c.moe_intermediate_size = 16;
   return c;
-}
-
-tensor<float, 2> random_matrix(std::mt19937& rng, index_t r, index_t c, float sd) {
-  std::normal_distribution<float> nd(0.f, sd);
-  tensor<float, 2> t({r, c});
-  for (auto& v : t.flat()) v = nd(rng);
-  return t;
 }
 
 // Checks `r` (library) against the float64 reference for every token of `logits`, whose rows

@@ -10,39 +10,15 @@
 #include <random>
 #include <string>
 
+#include "support/random.hpp"
+#include "support/quant_formats.hpp"
+
 using namespace moela;
 namespace q = moela::quant;
 
-TYPE_TO_STRING(q::f32);
-TYPE_TO_STRING(q::bf16);
-TYPE_TO_STRING(q::fp16);
-TYPE_TO_STRING(q::fp8_block<128, 128>);
-TYPE_TO_STRING(q::fp8_block_e5m2<128, 128>);
-TYPE_TO_STRING(q::int8_rowwise<>);
-TYPE_TO_STRING(q::int8_rowwise<moela::bf16>);
-TYPE_TO_STRING(q::int8_group<32>);
-TYPE_TO_STRING(q::int8_group<64, moela::bf16>);
-TYPE_TO_STRING(q::int4_group<32>);
-TYPE_TO_STRING(q::int4_group<64>);
-TYPE_TO_STRING(q::int4_group<128>);
-TYPE_TO_STRING(q::int4_group_asym<32>);
-TYPE_TO_STRING(q::int4_group_asym<64>);
-TYPE_TO_STRING(q::int4_group_asym<128, moela::bf16>);
-
-#define MOELA_ALL_FORMATS                                                                                 \
-  q::f32, q::bf16, q::fp16, q::fp8_block<128, 128>, q::fp8_block_e5m2<128, 128>, q::int8_rowwise<>,       \
-      q::int8_rowwise<moela::bf16>, q::int8_group<32>, q::int8_group<64, moela::bf16>, q::int4_group<32>, \
-      q::int4_group<64>, q::int4_group<128>, q::int4_group_asym<32>, q::int4_group_asym<64>,              \
-      q::int4_group_asym<128, moela::bf16>
-
 namespace {
 
-tensor<float, 2> random_matrix(std::mt19937& rng, index_t r, index_t c, float sd) {
-  std::normal_distribution<float> d(0.f, sd);
-  tensor<float, 2> t({r, c});
-  for (auto& v : t.flat()) v = d(rng);
-  return t;
-}
+using moela_test::random_matrix;
 
 /// Largest allowed |dequant(w) - w| for weight (r, c), from the format's precision:
 ///  - bf16 / fp16: half an ulp, 2^-9 / 2^-11 relative (normal range; the test values are normal);

@@ -9,41 +9,17 @@
 #include <string>
 #include <vector>
 
+#include "support/random.hpp"
+#include "support/quant_formats.hpp"
+
 using namespace moela;
 namespace q = moela::quant;
 
-TYPE_TO_STRING(q::f32);
-TYPE_TO_STRING(q::bf16);
-TYPE_TO_STRING(q::fp16);
-TYPE_TO_STRING(q::fp8_block<128, 128>);
-TYPE_TO_STRING(q::fp8_block_e5m2<128, 128>);
-TYPE_TO_STRING(q::int8_rowwise<>);
-TYPE_TO_STRING(q::int8_rowwise<moela::bf16>);
-TYPE_TO_STRING(q::int8_group<32>);
-TYPE_TO_STRING(q::int8_group<64, moela::bf16>);
-TYPE_TO_STRING(q::int4_group<32>);
-TYPE_TO_STRING(q::int4_group<64>);
-TYPE_TO_STRING(q::int4_group<128>);
-TYPE_TO_STRING(q::int4_group_asym<32>);
-TYPE_TO_STRING(q::int4_group_asym<64>);
-TYPE_TO_STRING(q::int4_group_asym<128, moela::bf16>);
-
-#define MOELA_ALL_FORMATS                                                                                 \
-  q::f32, q::bf16, q::fp16, q::fp8_block<128, 128>, q::fp8_block_e5m2<128, 128>, q::int8_rowwise<>,       \
-      q::int8_rowwise<moela::bf16>, q::int8_group<32>, q::int8_group<64, moela::bf16>, q::int4_group<32>, \
-      q::int4_group<64>, q::int4_group<128>, q::int4_group_asym<32>, q::int4_group_asym<64>,              \
-      q::int4_group_asym<128, moela::bf16>
-
 namespace {
 
-constexpr double u32 = 1.0 / (1 << 24);  // unit roundoff of fp32
+using moela_test::random_matrix;
 
-tensor<float, 2> random_matrix(std::mt19937& rng, index_t r, index_t c, float sd = 1.0f) {
-  std::normal_distribution<float> d(0.f, sd);
-  tensor<float, 2> t({r, c});
-  for (auto& v : t.flat()) v = d(rng);
-  return t;
-}
+constexpr double u32 = 1.0 / (1 << 24);  // unit roundoff of fp32
 
 /// K for a format in the odd-shape tests: not a multiple of 8 or 128 where the format allows.
 template <class F>
