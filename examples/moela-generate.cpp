@@ -151,9 +151,13 @@ int run(const options& o, const moela::io::model_config& cfg, const char* format
   std::vector<std::vector<int>> prompts = o.token_prompts;
   std::vector<std::string> labels;
   for (auto& t : o.token_prompts) {
-    std::string l;
-    for (int id : t) l += (l.empty() ? "" : ",") + std::to_string(id);
-    labels.push_back("[" + l + "]");
+    std::string l = "[";
+    for (std::size_t i = 0; i < t.size(); ++i) {
+      if (i) l += ',';
+      l += std::to_string(t[i]);
+    }
+    l += ']';
+    labels.push_back(std::move(l));
   }
   auto text_prompts = o.prompts;
   if (text_prompts.empty() && prompts.empty()) {
