@@ -16,6 +16,8 @@
 #include <map>
 #include <random>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -51,23 +53,47 @@ double eigen_gemm_flops(index_t m, index_t k, index_t n) {
   return best;
 }
 
+/// A copy of `w` with its own storage (qmatrix copies share theirs).
+template <class F>
+moela::qmatrix<F> deep_copy(const moela::qmatrix<F>& w) {
+  auto copy = [](auto view) {
+    using T = std::remove_const_t<typename decltype(view)::value_type>;
+    moela::tensor<T, 2> t({view.extent(0), view.extent(1)});
+    for (index_t r = 0; r < view.extent(0); ++r)
+      for (index_t c = 0; c < view.extent(1); ++c) t(r, c) = view(r, c);
+    return t;
+  };
+  if constexpr (F::has_scales)
+    return moela::qmatrix<F>(copy(w.codes()), copy(w.scales()), F::has_zero ? copy(w.zeros()) : moela::tensor<std::uint8_t, 2>{},
+                             w.cols());
+  else
+    return moela::qmatrix<F>(copy(w.codes()));
+}
+
+/// GEMV streams its weights from DRAM, as decode does (a model's weights are far larger than the
+/// caches): the benchmark cycles through enough copies of W to span 256 MiB, so no iteration
+/// finds its weights in the last-level cache.
 template <class F, class Mode = q::mode::fast>
 void bm_gemv(benchmark::State& st) {
   const index_t k = st.range(0), n = st.range(1);
-  const auto w = moela::qmatrix<F>::quantize(random_matrix(n, k, 1, 0.02f).cview());
+  std::vector<moela::qmatrix<F>> ws{moela::qmatrix<F>::quantize(random_matrix(n, k, 1, 0.02f).cview())};
+  const std::size_t bytes = ws[0].bytes();
+  while (ws.size() * bytes < (std::size_t{256} << 20)) ws.push_back(deep_copy(ws[0]));
   const auto x = random_matrix(1, k, 2, 1.f);
   moela::tensor<float, 2> y({1, n});
   const double triad = moela_bench::triad_bytes_per_s();
-  moela::matmul(y.view(), x.cview(), w, Mode{});  // warm-up
+  moela::matmul(y.view(), x.cview(), ws[0], Mode{});  // warm-up
+  std::size_t i = 0;
   const double t0 = moela_bench::now_s();
   for (auto _ : st) {
-    moela::matmul(y.view(), x.cview(), w, Mode{});
+    moela::matmul(y.view(), x.cview(), ws[i], Mode{});
+    i = i + 1 == ws.size() ? 0 : i + 1;
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   const double dt = moela_bench::now_s() - t0;
-  const double bps = double(w.bytes()) * double(st.iterations()) / dt;
-  st.SetBytesProcessed(static_cast<int64_t>(w.bytes()) * st.iterations());
+  const double bps = double(bytes) * double(st.iterations()) / dt;
+  st.SetBytesProcessed(static_cast<int64_t>(bytes) * st.iterations());
   st.counters["weight_GBps"] = bps / 1e9;
   st.counters["triad_ratio"] = bps / triad;
   st.SetLabel(xsimd::default_arch::name());

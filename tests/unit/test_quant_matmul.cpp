@@ -113,6 +113,37 @@ TEST_CASE_TEMPLATE("matmul with bf16 activations", F, q::f32, q::bf16, q::fp8_bl
   check_against_f64(y, xw.cview(), w);
 }
 
+TEST_CASE_TEMPLATE("matmul: a NaN weight code makes exactly its row's outputs NaN", F, q::fp8_block<128, 128>,
+                   q::fp8_block_e5m2<128, 128>) {
+  // Both E4M3 NaN codes (0x7F, 0xFF) in the vector body and in the scalar tail (K = 301).
+  std::mt19937 rng(5);
+  const index_t n = 9, k = 301;
+  const auto wq = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+  tensor<typename F::code_type, 2> codes({n, k});
+  tensor<float, 2> scales({wq.scale_rows(), wq.scale_cols()});
+  for (index_t r = 0; r < n; ++r)
+    for (index_t c = 0; c < k; ++c) codes(r, c) = wq.row_codes(r)[c];
+  for (index_t r = 0; r < scales.extent(0); ++r)
+    for (index_t c = 0; c < scales.extent(1); ++c) scales(r, c) = wq.scale_data()[r * wq.scale_cols() + c];
+  const bool e4m3 = std::is_same_v<typename F::code_type, fp8_e4m3>;
+  const std::uint8_t nan_pos = e4m3 ? 0x7F : 0x7E, nan_neg = e4m3 ? 0xFF : 0xFE;
+  codes(2, 17) = F::code_type::from_bits(nan_pos);   // vector body
+  codes(5, 300) = F::code_type::from_bits(nan_neg);  // scalar tail
+  codes(7, 130) = F::code_type::from_bits(nan_neg);  // second K block
+  const auto w = qmatrix<F>::borrow(codes.cview(), scales.cview());
+  for (index_t m : {index_t{1}, index_t{3}, index_t{17}}) {
+    CAPTURE(m);
+    const auto x = random_matrix(rng, m, k);
+    tensor<float, 2> y({m, n});
+    matmul(y.view(), x.cview(), w);
+    for (index_t i = 0; i < m; ++i)
+      for (index_t j = 0; j < n; ++j) {
+        CAPTURE(j);
+        CHECK(std::isnan(y(i, j)) == (j == 2 || j == 5 || j == 7));
+      }
+  }
+}
+
 TEST_CASE("faithful FP8 mode equals the float64 W8A8 reference (odd K and N, all M)") {
   using F = q::fp8_block<128, 128>;
   std::mt19937 rng(5);
@@ -150,6 +181,31 @@ TEST_CASE("faithful FP8 mode equals the float64 W8A8 reference (odd K and N, all
           REQUIRE(std::fabs(double(y(i, j)) - ref) <= tol);
         }
     }
+}
+
+TEST_CASE("fp8_block_w8a8: matmul defaults to the faithful mode, fast still selectable") {
+  std::mt19937 rng(17);
+  const index_t n = 130, k = 300;
+  const auto w = qmatrix<q::fp8_block<128, 128>>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+  const auto w8 = qmatrix<q::fp8_block_w8a8>::borrow(w.codes(), w.scales());
+  for (index_t m : {index_t{1}, index_t{5}}) {
+    const auto x = random_matrix(rng, m, k);
+    tensor<float, 2> ya({m, n}), yb({m, n}), yc({m, n}), yd({m, n});
+    matmul(ya.view(), x.cview(), w8);
+    matmul(yb.view(), x.cview(), w, q::mode::faithful{});
+    matmul(yc.view(), x.cview(), w8, q::mode::fast{});
+    matmul(yd.view(), x.cview(), w);
+    int same_faithful = 0, same_fast = 0, differ = 0;
+    for (index_t i = 0; i < m; ++i)
+      for (index_t j = 0; j < n; ++j) {
+        same_faithful += ya(i, j) == yb(i, j);
+        same_fast += yc(i, j) == yd(i, j);
+        differ += ya(i, j) != yd(i, j);
+      }
+    CHECK(same_faithful == m * n);
+    CHECK(same_fast == m * n);
+    CHECK(differ > m * n / 2);  // the activation quantization changes (almost) every output
+  }
 }
 
 TEST_CASE("matmul: the backend tag overload and a strided x give the same result") {

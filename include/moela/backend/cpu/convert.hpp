@@ -76,18 +76,27 @@ inline constexpr fp8_table<Code> fp8_decode_table{};
 /// F16C converter: an FP8 code shifted into an fp16 bit pattern is the same value scaled by a
 /// power of two (E4M3: 2^-8, folded into `mul`; E5M2: exact, fp16 with its low byte cleared).
 /// `mul` multiplies the result (the caller's scale, times 256 for E4M3).
+/// E4M3 codes (8, one per 16-bit lane after sign extension) -> the fp16 bit patterns of
+/// value * 2^-8: sign-extending the byte and shifting it left by 7 puts the sign in bit 15,
+/// exponent and mantissa in bits 13..7 (fp16 bias 15 = E4M3 bias 7 + 8) and a copy of the sign
+/// in bit 14, which the mask clears. Two integer ops; NaN codes (magnitude 0x7F) come out as
+/// the finite pattern 0x3F80 | sign (see e4m3_fp16_nan_lanes).
+MOELA_ALWAYS_INLINE __m128i e4m3x8_to_fp16_bits(__m128i c8) {
+  return _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(c8), 7), _mm_set1_epi16(static_cast<short>(0xBFFF)));
+}
+/// All-ones in the 16-bit lanes of e4m3x8_to_fp16_bits's result that hold a NaN code.
+MOELA_ALWAYS_INLINE __m128i e4m3_fp16_nan_lanes(__m128i h) {
+  return _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x3F80)), _mm_set1_epi16(0x3F80));
+}
+
 template <class Code>
 MOELA_ALWAYS_INLINE __m256 fp8x8_to_ps(__m128i c8, __m256 mul) {
-  const __m128i c = _mm_cvtepu8_epi16(c8);
   if constexpr (std::is_same_v<Code, fp8_e5m2>) {
-    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_slli_epi16(c, 8)), mul);
+    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(c8), 8)), mul);
   } else {
-    const __m128i sign = _mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x80)), 8);
-    const __m128i mag = _mm_and_si128(c, _mm_set1_epi16(0x7F));
-    const __m128i h = _mm_or_si128(sign, _mm_slli_epi16(mag, 7));
-    __m256 f = _mm256_mul_ps(_mm256_cvtph_ps(h), mul);
-    const __m256 nan_lane = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7F))));
-    return _mm256_blendv_ps(f, _mm256_set1_ps(std::bit_cast<float>(0x7fc00000u)), nan_lane);
+    __m128i h = e4m3x8_to_fp16_bits(c8);
+    h = _mm_or_si128(h, _mm_and_si128(e4m3_fp16_nan_lanes(h), _mm_set1_epi16(0x7E00)));  // -> fp16 qNaN
+    return _mm256_mul_ps(_mm256_cvtph_ps(h), mul);
   }
 }
 /// The factor an fp8x8_to_ps result needs for unit scale.

@@ -9,13 +9,14 @@
 /// intensity is <= 8 FLOP per weight byte for int4 and <= 2 for f32, far below the machine's
 /// FLOP/byte balance, so the target is streaming the weights at DRAM speed. Per 8 weights the
 /// inner loops issue: f32 1 FMA (load folded); bf16/fp16 2-3 uops + FMA; int8 3 + FMA;
-/// fp8 ~4 (128-bit integer ops, 1 F16C convert) + FMA; int4 3 + FMA (64 codes per 32-byte load,
+/// fp8 E4M3 5 (sign-extend, shift, mask, NaN tracking, F16C convert) + FMA; int4 3 + FMA (64 codes per 32-byte load,
 /// x pre-permuted so that nibble order needs no shuffles; the zero point / sign offset is
 /// removed per group with precomputed group sums of x).
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "moela/backend/cpu/convert.hpp"
@@ -33,9 +34,10 @@ MOELA_ALWAYS_INLINE float hsum_ps(__m256 v) {
 }
 
 /// 8 consecutive weights of a non-int4 format starting at code pointer `p`, unscaled
-/// (fp8 E4M3: value / 256, the factor is folded into the scale).
+/// (fp8 E4M3: value / 256, the factor is folded into the scale; NaN codes come out finite and
+/// are recorded in `nan`, see gemv_avx2).
 template <class F>
-MOELA_ALWAYS_INLINE __m256 load8(const typename F::code_type* p) {
+MOELA_ALWAYS_INLINE __m256 load8(const typename F::code_type* p, [[maybe_unused]] __m128i& nan) {
   using C = typename F::code_type;
   if constexpr (std::is_same_v<C, float>) {
     return _mm256_loadu_ps(p);
@@ -45,14 +47,13 @@ MOELA_ALWAYS_INLINE __m256 load8(const typename F::code_type* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   } else if constexpr (std::is_same_v<C, std::int8_t>) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  } else if constexpr (std::is_same_v<C, fp8_e5m2>) {
+  } else if constexpr (std::is_same_v<C, fp8_e5m2>) {  // E5M2 is fp16 with the low byte cleared
     const __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
     return _mm256_cvtph_ps(_mm_slli_epi16(c, 8));
-  } else {  // fp8_e4m3: fp16 pattern (sign << 8 | mag << 7); NaN codes (mag 0x7F) -> fp16 NaN
-    const __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    const __m128i mag = _mm_and_si128(c, _mm_set1_epi16(0x7F));
-    __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x80)), 8), _mm_slli_epi16(mag, 7));
-    h = _mm_or_si128(h, _mm_and_si128(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7F)), _mm_set1_epi16(0x7E00)));
+  } else {  // fp8_e4m3. NaN codes set bits 13..7 of h: OR-ing in the other bits makes them the
+            // only lanes equal to 0xFFFF, which an unsigned max keeps (2 ops per 8 weights).
+    const __m128i h = e4m3x8_to_fp16_bits(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    nan = _mm_max_epu16(nan, _mm_or_si128(h, _mm_set1_epi16(static_cast<short>(0xC07F))));
     return _mm256_cvtph_ps(h);
   }
 }
@@ -78,8 +79,11 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
     for (int r = 0; r < R; ++r) rows[r] = w.row_codes(n + std::min(r, rr - 1));
     __m256 total[R][M];
     float stail[R][M] = {};
-    for (int r = 0; r < R; ++r)
+    __m128i nan[R];
+    for (int r = 0; r < R; ++r) {
+      nan[r] = _mm_setzero_si128();
       for (int m = 0; m < M; ++m) total[r][m] = _mm256_setzero_ps();
+    }
     for (index_t g0 = 0; g0 < K; g0 += span) {
       const index_t g1 = std::min(K, g0 + span);
       __m256 acc[R][M];
@@ -90,7 +94,7 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
         __m256 xv[M];
         MOELA_UNROLL for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * ldx + k);
         MOELA_UNROLL for (int r = 0; r < R; ++r) {
-          const __m256 wv = load8<F>(rows[r] + k);
+          const __m256 wv = load8<F>(rows[r] + k, nan[r]);
           MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(wv, xv[m], acc[r][m]);
         }
       }
@@ -115,8 +119,14 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
         }
       }
     }
-    for (int r = 0; r < rr; ++r)
-      for (int m = 0; m < M; ++m) y[m * ldy + n + r] = hsum_ps(total[r][m]) + stail[r][m];
+    for (int r = 0; r < rr; ++r) {
+      // A NaN weight makes every product of its row NaN (IEEE: NaN * x = NaN for every x), so
+      // the row's outputs are NaN, as dequantize-then-multiply gives (E4M3 only; the scalar tail
+      // above already produced NaN through code_at).
+      const bool row_nan = _mm_movemask_epi8(_mm_cmpeq_epi16(nan[r], _mm_set1_epi16(-1))) != 0;
+      for (int m = 0; m < M; ++m)
+        y[m * ldy + n + r] = row_nan ? std::numeric_limits<float>::quiet_NaN() : hsum_ps(total[r][m]) + stail[r][m];
+    }
   }
 }
 
