@@ -34,8 +34,37 @@ double rel_error(const_view<float, 2> got, const_view<float, 2> want) {
 // intermediates), leaving room for another summation order, FP32 RoPE tables and exp.
 constexpr double fp32_bound = 1e-4;
 
+// Smallest cosine similarity between corresponding rows (the README's second metric).
+double min_row_cosine(const_view<float, 2> got, const_view<float, 2> want) {
+  double worst = 1;
+  for (index_t r = 0; r < got.extent(0); ++r) {
+    double gw = 0, gg = 0, ww = 0;
+    for (index_t c = 0; c < got.extent(1); ++c) {
+      gw += double(got(r, c)) * double(want(r, c));
+      gg += double(got(r, c)) * double(got(r, c));
+      ww += double(want(r, c)) * double(want(r, c));
+    }
+    worst = std::min(worst, gw / std::sqrt(gg * ww));
+  }
+  return worst;
+}
+
+struct bounds {
+  double logits = fp32_bound;         // e of the prefill and decode logits
+  double intermediates = fp32_bound;  // e of each per-layer intermediate (< 0: not checked)
+  double min_cosine = 0.99999;        // per logits row (FP32: the README measured 1.0000000)
+  double logits_floor = 0;            // e must be at least this (shows a lossy path is active)
+};
+
+// W8A8 (activations quantized to E4M3 in 1x128 groups before every FP8 linear) against
+// expected-fp8, which has unquantized activations: the README measured e = 0.12-0.14 and a
+// minimum row cosine of 0.9918 for the reference implementation's W8A8 path and recommends
+// e <= 0.3, cosine >= 0.98 and identical expert sets; it did not measure the intermediates.
+// The floor: a path that skipped the activation quantization would match to ~1e-6.
+constexpr bounds w8a8_bounds{0.3, -1, 0.98, 0.01};
+
 template <class Model>
-void check_checkpoint(const std::string& which, attn::mla_mode mode) {
+void check_checkpoint(const std::string& which, attn::mla_mode mode, bounds b = {}) {
   CAPTURE(which);
   CAPTURE(attn::mode_name(mode));
   auto m = load_model<Model>(golden + "/" + which);
@@ -78,7 +107,9 @@ void check_checkpoint(const std::string& which, attn::mla_mode mode) {
   m.forward(cache, pre, prompt, logits, logits_rows::all, trace);
   record_routing(P);
   const double e_pre = rel_error(logits.cview(), exp.view<float, 2>("prefill_logits"));
-  CHECK(e_pre <= fp32_bound);
+  CHECK(e_pre <= b.logits);
+  CHECK(e_pre >= b.logits_floor);
+  CHECK(min_row_cosine(logits.cview(), exp.view<float, 2>("prefill_logits")) >= b.min_cosine);
   MESSAGE(which, " ", std::string(attn::mode_name(mode)), " prefill logits e = ", e_pre);
 
   tensor<float, 2> dl({S, m.config().vocab_size});
@@ -91,7 +122,9 @@ void check_checkpoint(const std::string& which, attn::mla_mode mode) {
     for (index_t v = 0; v < logits.extent(1); ++v) dl(j, v) = logits(0, v);
   }
   const double e_dec = rel_error(dl.cview(), exp.view<float, 2>("decode_logits"));
-  CHECK(e_dec <= fp32_bound);
+  CHECK(e_dec <= b.logits);
+  CHECK(e_dec >= b.logits_floor);
+  CHECK(min_row_cosine(dl.cview(), exp.view<float, 2>("decode_logits")) >= b.min_cosine);
   MESSAGE(which, " ", std::string(attn::mode_name(mode)), " decode logits e = ", e_dec);
 
   // Per-layer intermediates (the expected file holds layers 0 and 1 and final_hidden).
@@ -101,7 +134,7 @@ void check_checkpoint(const std::string& which, attn::mla_mode mode) {
     if (!got.count(name)) continue;
     CAPTURE(name);
     const double err = rel_error(got[name].cview(), exp.view<float, 2>(name));
-    CHECK(err <= fp32_bound);
+    if (b.intermediates >= 0) CHECK(err <= b.intermediates);
     worst = std::max(worst, err);
   }
   CHECK(got.count("layers.0.attn_out"));
@@ -135,6 +168,11 @@ TEST_CASE("golden tiny-v3 bf16: FP32 compute, BF16 weights used in place") {
 TEST_CASE("golden tiny-v3 fp8: FP8 blocks used in place (dequantized exactly in the matmul)") {
   using M = deepseek_model<quant::fp8_block<128, 128>, attn::cache_f32>;
   check_checkpoint<M>("fp8", attn::mla_mode::absorbed);
+}
+
+TEST_CASE("golden tiny-v3 fp8: W8A8 (fp8_block_w8a8: activations quantized in 1x128 groups)") {
+  using M = deepseek_model<quant::fp8_block_w8a8, attn::cache_f32>;
+  check_checkpoint<M>("fp8", attn::mla_mode::absorbed, w8a8_bounds);
 }
 
 TEST_CASE("golden tiny-v3 fp8 converted to FP32 while loading") {

@@ -20,7 +20,8 @@
 ///    are summed in fp32 and scaled `(P * x_scale) * w_scale` (DeepSeek-V3 `fp8_gemm`). Use it to
 ///    reproduce the official `gemm_impl="fp8"` results (golden `gemm.out_w8a8`); it adds the
 ///    activation quantization error (~2^-4 relative per element) and is not faster on CPUs
-///    without FP8 arithmetic.
+///    without FP8 arithmetic. A weight of format `quant::fp8_block_w8a8` gets this mode by default
+///    (so a whole model built on that format runs W8A8); naming `fast` still overrides it.
 ///
 /// Shapes: x `[M, K]`, y `[M, N]` with K = W.cols(), N = W.rows(); y's rows must be contiguous.
 /// Errors (`moela::error`): shape mismatch (message names the shapes), empty W.
@@ -76,7 +77,7 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
 }  // namespace detail
 
 /// `y = x · Wᵀ` on the CPU backend, fp32 activations. See the file comment.
-template <class A, class Format, class Mode = quant::mode::fast>
+template <class A, class Format, class Mode = quant::default_mode_t<Format>>
 void matmul(cpu<A>, tensor_view<float, 2> y, const_view<float, 2> x, const qmatrix<Format>& w, Mode = {}) {
   detail::check_matmul_shapes(y, x, w);
   const index_t m = x.extent(0), k = x.extent(1);
@@ -91,7 +92,7 @@ void matmul(cpu<A>, tensor_view<float, 2> y, const_view<float, 2> x, const qmatr
 }
 
 /// `y = x · Wᵀ` on the CPU backend, bf16 activations (widened exactly to fp32).
-template <class A, class Format, class Mode = quant::mode::fast>
+template <class A, class Format, class Mode = quant::default_mode_t<Format>>
 void matmul(cpu<A>, tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const qmatrix<Format>& w, Mode = {}) {
   detail::check_matmul_shapes(y, x, w);
   const index_t m = x.extent(0), k = x.extent(1);
@@ -108,13 +109,13 @@ void matmul(cpu<A>, tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const
 }
 
 /// `y = x · Wᵀ` on the default backend (`cpu<>`), fp32 activations.
-template <class Format, class Mode = quant::mode::fast>
+template <class Format, class Mode = quant::default_mode_t<Format>>
 void matmul(tensor_view<float, 2> y, const_view<float, 2> x, const qmatrix<Format>& w, Mode mode = {}) {
   matmul(cpu<>{}, y, x, w, mode);
 }
 
 /// `y = x · Wᵀ` on the default backend (`cpu<>`), bf16 activations.
-template <class Format, class Mode = quant::mode::fast>
+template <class Format, class Mode = quant::default_mode_t<Format>>
 void matmul(tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const qmatrix<Format>& w, Mode mode = {}) {
   matmul(cpu<>{}, y, x, w, mode);
 }

@@ -8,6 +8,7 @@
 /// | `f32`, `bf16`, `fp16`          | float / bf16 / fp16        | none                             | no         |
 /// | `fp8_block<BR, BC>`            | FP8 E4M3FN                 | float `[ceil(N/BR), ceil(K/BC)]` | no         |
 /// | `fp8_block_e5m2<BR, BC>`       | FP8 E5M2                   | float `[ceil(N/BR), ceil(K/BC)]` | no         |
+/// | `fp8_block_w8a8`               | FP8 E4M3FN, 128x128 blocks; matmul defaults to W8A8 | as fp8_block | no |
 /// | `int8_rowwise<S>`              | int8 in [-127, 127]        | S `[N, 1]`                       | no         |
 /// | `int8_group<G, S>`             | int8 in [-127, 127]        | S `[N, K/G]`                     | no         |
 /// | `int4_group<G, int4_sym, S>`   | int4 in [-8, 7], 2 per byte| S `[N, K/G]`                     | no         |
@@ -64,17 +65,36 @@ using f32 = dense<float>;
 using bf16 = dense<moela::bf16>;
 using fp16 = dense<moela::fp16>;
 
+/// Matmul modes (tag types, passed as the last argument of `moela::matmul`).
+namespace mode {
+/// Weight-only quantization: weights are decoded to fp32 in registers / L1, activations stay
+/// fp32 (or bf16 widened to fp32), fp32 accumulation. Most accurate; the default.
+struct fast {};
+/// Quantized activations, the DeepSeek-V3 `gemm_impl="fp8"` numerics: activations quantized to
+/// E4M3 in 1x128 groups (`act_quant`), per 128-wide K block the FP8 x FP8 products are summed in
+/// fp32 and then scaled `acc += (P * a_scale) * w_scale`. Only for `fp8_block<128, 128>` formats.
+struct faithful {};
+}  // namespace mode
+/// `quant::fp8_mode::faithful` / `quant::fp8_mode::fast`: the same tags under the FP8 name.
+namespace fp8_mode = mode;
+
 /// Block-scaled FP8 (DeepSeek-V3 checkpoint layout): codes `Code` (fp8_e4m3 or fp8_e5m2), one
 /// float scale per `BR x BC` block, partial edge blocks allowed (their scale covers the valid
 /// part only). Quantizer, per block, in fp32: `amax = max(max|w|, 1e-4)`,
 /// `scale = amax / max(Code)` (448 for E4M3, 57344 for E5M2), `code = Code::saturate(w / scale)`
 /// (IEEE division, round-to-nearest-even, saturating to ±max; NaN stays NaN).
-template <int BR = 128, int BC = 128, class Code = fp8_e4m3>
+/// `Mode` is the matmul mode a weight of this format gets when none is named (see `mode` and
+/// `fp8_block_w8a8`); the storage does not depend on it.
+template <int BR = 128, int BC = 128, class Code = fp8_e4m3, class Mode = mode::fast>
 struct fp8_block {
   static_assert(BR > 0 && BC > 0);
   static_assert(std::is_same_v<Code, fp8_e4m3> || std::is_same_v<Code, fp8_e5m2>,
                 "fp8_block: Code is fp8_e4m3 or fp8_e5m2");
+  static_assert(std::is_same_v<Mode, mode::fast> ||
+                    (std::is_same_v<Mode, mode::faithful> && BR == 128 && BC == 128 && std::is_same_v<Code, fp8_e4m3>),
+                "fp8_block: the faithful (W8A8) mode needs 128x128 blocks of E4M3 codes");
   static constexpr format_kind kind = format_kind::fp8_block;
+  using matmul_mode = Mode;
   using code_type = Code;
   using scale_type = float;
   static constexpr index_t block_rows = BR;
@@ -87,6 +107,12 @@ struct fp8_block {
 /// The E5M2 variant (wider range, one mantissa bit less; not used by DeepSeek checkpoints).
 template <int BR = 128, int BC = 128>
 using fp8_block_e5m2 = fp8_block<BR, BC, fp8_e5m2>;
+/// DeepSeek-V3's FP8 checkpoint format with the official `gemm_impl="fp8"` numerics as the
+/// default: every `matmul` with such a weight quantizes its activations to E4M3 in 1x128 groups
+/// (W8A8, `mode::faithful`). Same storage as `fp8_block<128, 128>`; a model built on it runs every
+/// FP8 linear the way DeepSeek's FP8 inference kernels do (the router, embedding and LM head are
+/// not FP8 in DeepSeek checkpoints and stay unquantized).
+using fp8_block_w8a8 = fp8_block<128, 128, fp8_e4m3, mode::faithful>;
 
 /// INT8, one scale per output row: `scale = amax(row) / 127`, `code = clamp(rne(w / scale))`.
 /// With a bf16 scale, the scale is rounded to bf16 first and the codes are computed with the
@@ -153,20 +179,22 @@ concept weight_format = requires {
   { F::block_rows } -> std::convertible_to<index_t>;
 };
 
-/// Matmul modes (tag types, passed as the last argument of `moela::matmul`).
-namespace mode {
-/// Weight-only quantization: weights are decoded to fp32 in registers / L1, activations stay
-/// fp32 (or bf16 widened to fp32), fp32 accumulation. Most accurate; the default.
-struct fast {};
-/// Quantized activations, the DeepSeek-V3 `gemm_impl="fp8"` numerics: activations quantized to
-/// E4M3 in 1x128 groups (`act_quant`), per 128-wide K block the FP8 x FP8 products are summed in
-/// fp32 and then scaled `acc += (P * a_scale) * w_scale`. Only for `fp8_block<128, 128>` formats.
-struct faithful {};
-}  // namespace mode
-/// `quant::fp8_mode::faithful` / `quant::fp8_mode::fast`: the same tags under the FP8 name.
-namespace fp8_mode = mode;
 
 template <class F>
 concept fp8_format = F::kind == format_kind::fp8_block;
+
+/// The matmul mode of a weight of format `F` when the call names none: `F::matmul_mode` where
+/// the format declares one (fp8_block), else `mode::fast`.
+template <class F>
+struct default_mode {
+  using type = mode::fast;
+};
+template <class F>
+  requires requires { typename F::matmul_mode; }
+struct default_mode<F> {
+  using type = typename F::matmul_mode;
+};
+template <class F>
+using default_mode_t = typename default_mode<F>::type;
 
 }  // namespace moela::quant
