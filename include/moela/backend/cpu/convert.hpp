@@ -72,10 +72,6 @@ template <class Code>
 inline constexpr fp8_table<Code> fp8_decode_table{};
 
 #ifdef MOELA_X86_AVX2_KERNELS
-/// 8 FP8 codes (low 8 bytes of `c`) -> 8 floats, exact (E4M3: NaN codes give NaN). Uses the
-/// F16C converter: an FP8 code shifted into an fp16 bit pattern is the same value scaled by a
-/// power of two (E4M3: 2^-8, folded into `mul`; E5M2: exact, fp16 with its low byte cleared).
-/// `mul` multiplies the result (the caller's scale, times 256 for E4M3).
 /// E4M3 codes (8, one per 16-bit lane after sign extension) -> the fp16 bit patterns of
 /// value * 2^-8: sign-extending the byte and shifting it left by 7 puts the sign in bit 15,
 /// exponent and mantissa in bits 13..7 (fp16 bias 15 = E4M3 bias 7 + 8) and a copy of the sign
@@ -89,6 +85,10 @@ MOELA_ALWAYS_INLINE __m128i e4m3_fp16_nan_lanes(__m128i h) {
   return _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x3F80)), _mm_set1_epi16(0x3F80));
 }
 
+/// 8 FP8 codes (low 8 bytes of `c`) -> 8 floats, exact (E4M3: NaN codes give NaN). Uses the
+/// F16C converter: an FP8 code shifted into an fp16 bit pattern is the same value scaled by a
+/// power of two (E4M3: 2^-8, folded into `mul`; E5M2: exact, fp16 with its low byte cleared).
+/// `mul` multiplies the result (the caller's scale, times 256 for E4M3).
 template <class Code>
 MOELA_ALWAYS_INLINE __m256 fp8x8_to_ps(__m128i c8, __m256 mul) {
   if constexpr (std::is_same_v<Code, fp8_e5m2>) {

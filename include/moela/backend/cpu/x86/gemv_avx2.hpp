@@ -9,9 +9,10 @@
 /// intensity is <= 8 FLOP per weight byte for int4 and <= 2 for f32, far below the machine's
 /// FLOP/byte balance, so the target is streaming the weights at DRAM speed. Per 8 weights the
 /// inner loops issue: f32 1 FMA (load folded); bf16/fp16 2-3 uops + FMA; int8 3 + FMA;
-/// fp8 E4M3 5 (sign-extend, shift, mask, NaN tracking, F16C convert) + FMA; int4 3 + FMA (64 codes per 32-byte load,
-/// x pre-permuted so that nibble order needs no shuffles; the zero point / sign offset is
-/// removed per group with precomputed group sums of x).
+/// fp8 E4M3 5 (sign-extend, shift, mask, NaN tracking, F16C convert) + FMA; int4 3 + FMA
+/// (64 codes per 32-byte load, x pre-permuted so that nibble order needs no shuffles; the zero
+/// point / sign offset is removed per group with precomputed group sums of x).
+/// Measured ratios to the triad bandwidth: docs/performance.md, "Idle re-measurement".
 
 #include <algorithm>
 #include <cstdint>
@@ -121,9 +122,11 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
     }
     for (int r = 0; r < rr; ++r) {
       // A NaN weight makes every product of its row NaN (IEEE: NaN * x = NaN for every x), so
-      // the row's outputs are NaN, as dequantize-then-multiply gives (E4M3 only; the scalar tail
-      // above already produced NaN through code_at).
-      const bool row_nan = _mm_movemask_epi8(_mm_cmpeq_epi16(nan[r], _mm_set1_epi16(-1))) != 0;
+      // the row's outputs are NaN, as dequantize-then-multiply gives (E4M3 only: load8 decodes
+      // its NaN codes to finite values; the scalar tail above already produced NaN via code_at).
+      bool row_nan = false;
+      if constexpr (std::is_same_v<typename F::code_type, fp8_e4m3>)
+        row_nan = _mm_movemask_epi8(_mm_cmpeq_epi16(nan[r], _mm_set1_epi16(-1))) != 0;
       for (int m = 0; m < M; ++m)
         y[m * ldy + n + r] = row_nan ? std::numeric_limits<float>::quiet_NaN() : hsum_ps(total[r][m]) + stail[r][m];
     }
