@@ -88,8 +88,7 @@ template <class Format>
 mla_weights<Format> load_mla_weights(const io::safetensors_file& f, const std::string& prefix, const mla_config& cfg) {
   auto mat = [&](const char* n) {
     const std::string name = prefix + n + ".weight";
-    if constexpr (quant::fp8_format<Format> && Format::block_rows == 128 && Format::group == 128 &&
-                  std::is_same_v<typename Format::code_type, fp8_e4m3>) {
+    if constexpr (quant::deepseek_fp8_format<Format>) {
       // The checkpoint's own FP8 codes and block scales, copied as they are.
       if (f.at(name).type == io::dtype::f8_e4m3 && f.contains(name + "_scale_inv")) {
         const auto c = f.view<fp8_e4m3, 2>(name);

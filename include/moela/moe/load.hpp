@@ -73,8 +73,8 @@ qmatrix<Format> borrow_matrix(const io::safetensors_file& f, const std::string& 
   if constexpr (Format::kind == quant::format_kind::dense) {
     return qmatrix<Format>::borrow(f.view<code, 2>(base + ".weight"));
   } else if constexpr (Format::kind == quant::format_kind::fp8_block) {
-    static_assert(Format::block_rows == 128 && Format::group == 128,
-                  "borrow_matrix: DeepSeek FP8 checkpoints use 128x128 blocks");
+    static_assert(quant::deepseek_fp8_format<Format>,
+                  "borrow_matrix: DeepSeek FP8 checkpoints use 128x128 blocks of E4M3 codes");
     return qmatrix<Format>::borrow(f.view<code, 2>(base + ".weight"), f.view<float, 2>(base + ".weight_scale_inv"));
   } else {
     static_assert(Format::kind == quant::format_kind::dense, "borrow_matrix: no checkpoint stores this format; use load_matrix");

@@ -59,8 +59,8 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
   if (m == 0) return;
   const index_t ldy = m > 1 ? y.stride(0) : w.rows();
   if constexpr (std::is_same_v<Mode, quant::mode::faithful>) {
-    static_assert(Format::kind == quant::format_kind::fp8_block && Format::block_rows == 128 && Format::group == 128,
-                  "matmul: the faithful FP8 mode needs an fp8_block<128, 128> weight");
+    static_assert(quant::deepseek_fp8_format<Format>,
+                  "matmul: the faithful FP8 mode needs an fp8_block<128, 128> (E4M3) weight");
     const index_t k = w.cols(), kb = (k + 127) / 128;
     tensor<fp8_e4m3, 2> q({m, k});
     tensor<float, 2> xs({m, kb}), xd({m, k});

@@ -183,6 +183,12 @@ concept weight_format = requires {
 template <class F>
 concept fp8_format = F::kind == format_kind::fp8_block;
 
+/// DeepSeek-V3's FP8 layout: E4M3 codes in 128x128 blocks. The faithful (W8A8) mode and loading
+/// a checkpoint's FP8 tensors as they are need it.
+template <class F>
+concept deepseek_fp8_format = fp8_format<F> && F::block_rows == 128 && F::group == 128 &&
+                              std::is_same_v<typename F::code_type, fp8_e4m3>;
+
 /// The matmul mode of a weight of format `F` when the call names none: `F::matmul_mode` where
 /// the format declares one (fp8_block), else `mode::fast`.
 template <class F>
