@@ -12,6 +12,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <random>
@@ -53,19 +54,17 @@ double eigen_gemm_flops(index_t m, index_t k, index_t n) {
   return best;
 }
 
-/// A copy of `w` with its own storage (qmatrix copies share theirs).
+/// A copy of `w` with its own storage (qmatrix copies share theirs), row by row.
 template <class F>
 moela::qmatrix<F> deep_copy(const moela::qmatrix<F>& w) {
   auto copy = [](auto view) {
     using T = std::remove_const_t<typename decltype(view)::value_type>;
     moela::tensor<T, 2> t({view.extent(0), view.extent(1)});
-    for (index_t r = 0; r < view.extent(0); ++r)
-      for (index_t c = 0; c < view.extent(1); ++c) t(r, c) = view(r, c);
+    for (index_t r = 0; r < view.extent(0); ++r) std::copy_n(&view(r, 0), view.extent(1), &t(r, 0));
     return t;
   };
   if constexpr (F::has_scales)
-    return moela::qmatrix<F>(copy(w.codes()), copy(w.scales()), F::has_zero ? copy(w.zeros()) : moela::tensor<std::uint8_t, 2>{},
-                             w.cols());
+    return moela::qmatrix<F>(copy(w.codes()), copy(w.scales()), copy(w.zeros()), w.cols());
   else
     return moela::qmatrix<F>(copy(w.codes()));
 }
