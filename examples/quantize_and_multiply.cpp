@@ -67,6 +67,13 @@ int main(int argc, char** argv) {
     std::printf("fast mode      error vs f32 weights: %.2e (fp32 rounding only)\n", rel_err(y_fast, y_ref));
     std::printf("faithful mode  error vs f32 weights: %.2e (adds 1x128 E4M3 activation quantization)\n",
                 rel_err(y_faithful, y_ref));
+    // The same tensors as quant::fp8_block_w8a8: the faithful mode becomes the default, which is
+    // how a whole model runs W8A8 (deepseek_model<quant::fp8_block_w8a8, ...>).
+    const auto w8a8 = moela::qmatrix<q::fp8_block_w8a8>::borrow(w.codes(), w.scales());
+    moela::tensor<float, 2> y_w8a8({3, w.rows()});
+    moela::matmul(y_w8a8.view(), x.cview(), w8a8);
+    const bool same_w8a8 = rel_err(y_w8a8, y_faithful) == 0;
+    std::printf("fp8_block_w8a8 (faithful by default) %s the faithful mode\n", same_w8a8 ? "equals" : "DIFFERS FROM");
 
     // 4. The same weight in other formats.
     std::printf("re-quantized from the dequantized FP8 weight:\n");
@@ -75,7 +82,7 @@ int main(int argc, char** argv) {
     report<q::int8_group<64>>("int8_group<64>", w_f32, x, y_ref);
     report<q::int4_group<32>>("int4_group<32>", w_f32, x, y_ref);
     report<q::int4_group_asym<64>>("int4_group_asym<64>", w_f32, x, y_ref);
-    const bool ok = rel_err(y_fast, y_ref) < 1e-5 && rel_err(y_faithful, y_ref) < 0.2;
+    const bool ok = rel_err(y_fast, y_ref) < 1e-5 && rel_err(y_faithful, y_ref) < 0.2 && same_w8a8;
     std::printf("%s\n", ok ? "ok" : "UNEXPECTED ERROR LEVEL");
     return ok ? 0 : 1;
   } catch (const moela::error& e) {
