@@ -199,7 +199,7 @@ void gemv_avx2_int4(const qmatrix<F>& w, const float* xp, index_t ldx, const flo
         if constexpr (G == 32) {
           const float s0 = quant::detail::scale_to_float(srow[r][c / G]);
           const float s1 = quant::detail::scale_to_float(srow[r][c / G + 1]);
-          sv = _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+          sv = _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0));  // (not setr: see gemv_a8_avx2.hpp)
         } else {
           sv = _mm256_set1_ps(quant::detail::scale_to_float(srow[r][c / G]));
         }
