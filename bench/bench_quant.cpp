@@ -4,7 +4,9 @@
 //   gemm/<format>/<M>x<K>x<N>  counters eigen_ratio = FLOP/s / Eigen FP32 GEMM FLOP/s (same shape)
 //                                       peak_ratio  = FLOP/s / FP32 FMA peak
 // Format names: f32 bf16 fp16 fp8_block (E4M3, 128x128) fp8_block_e5m2 fp8_block_faithful
-// (W8A8 DeepSeek numerics) int8_rowwise int8_group64 int4_group{32,64,128} int4_group64_asym.
+// (W8A8 DeepSeek numerics) int8_rowwise int8_group64 int4_group{32,64,128} int4_group64_asym, and
+// with an `_a8` suffix the same integer formats with int8 activations (quant::mode::int8_activations,
+// the W8A8 / W4A8 integer kernels).
 // Example: moela-bench --benchmark_filter='gemv/|gemm/' --benchmark_min_time=0.05
 #include "support.hpp"
 
@@ -165,6 +167,12 @@ const int registered = [] {
   register_format<q::int4_group<64>>("int4_group64");
   register_format<q::int4_group<128>>("int4_group128");
   register_format<q::int4_group_asym<64>>("int4_group64_asym");
+  register_format<q::int8_rowwise<>, q::mode::int8_activations>("int8_rowwise_a8");
+  register_format<q::int8_group<64>, q::mode::int8_activations>("int8_group64_a8");
+  register_format<q::int4_group<32>, q::mode::int8_activations>("int4_group32_a8");
+  register_format<q::int4_group<64>, q::mode::int8_activations>("int4_group64_a8");
+  register_format<q::int4_group<128>, q::mode::int8_activations>("int4_group128_a8");
+  register_format<q::int4_group_asym<64>, q::mode::int8_activations>("int4_group64_asym_a8");
   return 0;
 }();
 

@@ -1,6 +1,7 @@
 // Quantized weights with moela's public headers: borrow a DeepSeek-style FP8 weight straight
 // out of a safetensors checkpoint (zero copy), multiply in the fast and the DeepSeek-faithful
-// FP8 modes, re-quantize the same weight to other formats and compare size and error.
+// FP8 modes, re-quantize the same weight to other formats and compare size and error, with
+// fp32 activations (weight-only quantization) and with int8 activations (W8A8 / W4A8).
 //
 // usage: quantize_and_multiply [model.safetensors] [tensor name]
 // ctest-args: examples/models/tiny-fortunes-fp8/model.safetensors model.layers.0.mlp.down_proj.weight
@@ -33,7 +34,14 @@ void report(const char* name, const moela::tensor<float, 2>& w_f32, const moela:
   const auto w = moela::qmatrix<F>::quantize(w_f32.cview());
   moela::tensor<float, 2> y({x.extent(0), w.rows()});
   moela::matmul(y.view(), x.cview(), w);
-  std::printf("  %-22s %8zu bytes   output error vs f32: %.2e\n", name, w.bytes(), rel_err(y, y_ref));
+  std::printf("  %-22s %8zu bytes   output error vs f32: %.2e", name, w.bytes(), rel_err(y, y_ref));
+  if constexpr (q::integer_format<F>) {
+    // int8 activations in 1x128 groups, integer products (the fast decode path on CPUs); a
+    // with_mode<F, mode::int8_activations> format (e.g. int4_group_a8<32>) makes it the default.
+    moela::matmul(y.view(), x.cview(), w, q::mode::int8_activations{});
+    std::printf("   with int8 activations: %.2e", rel_err(y, y_ref));
+  }
+  std::printf("\n");
 }
 
 }  // namespace

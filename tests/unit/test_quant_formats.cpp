@@ -193,3 +193,37 @@ TEST_CASE("int8 per-row activation quantization") {
   tensor<float, 1> sbad({2});
   CHECK_THROWS_AS(q::quantize_activations_int8(x.cview(), qx.view(), sbad.view()), moela::error);
 }
+
+TEST_CASE("int8 grouped activation quantization: per-group scales, a short last group, an all-zero group") {
+  // Row 0: groups [0, 4) and [4, 6) (short); row 1: an all-zero first group.
+  tensor<float, 2> x({2, 6});
+  const float vals[2][6] = {{1.f, -2.f, 0.5f, 127.f, -0.3f, 0.1f}, {0.f, 0.f, 0.f, 0.f, 2.f, -1.f}};
+  for (index_t i = 0; i < 2; ++i)
+    for (index_t j = 0; j < 6; ++j) x(i, j) = vals[i][j];
+  tensor<std::int8_t, 2> qx({2, 6});
+  tensor<float, 2> s({2, 2});
+  q::quantize_activations_int8(x.cview(), qx.view(), s.view(), 4);
+  CHECK(s(0, 0) == 1.0f);
+  CHECK(qx(0, 1) == -2);
+  CHECK(qx(0, 2) == 0);  // 0.5 ties to even
+  CHECK(s(0, 1) == 0.3f / 127.f);
+  CHECK(qx(0, 4) == -127);
+  CHECK(qx(0, 5) == static_cast<std::int8_t>(std::nearbyint(0.1f / (0.3f / 127.f))));
+  CHECK(s(1, 0) == 0.f);
+  CHECK(qx(1, 0) == 0);
+  CHECK(s(1, 1) == 2.f / 127.f);
+  CHECK(qx(1, 5) == -64);  // -1 / (2/127) = -63.5 -> ties to even
+  // One group spanning the row gives the per-row quantizer's result.
+  tensor<float, 2> s1({2, 1});
+  tensor<float, 1> sr({2});
+  tensor<std::int8_t, 2> q1({2, 6}), qr({2, 6});
+  q::quantize_activations_int8(x.cview(), q1.view(), s1.view(), 6);
+  q::quantize_activations_int8(x.cview(), qr.view(), sr.view());
+  for (index_t i = 0; i < 2; ++i) {
+    CHECK(s1(i, 0) == sr(i));
+    for (index_t j = 0; j < 6; ++j) CHECK(q1(i, j) == qr(i, j));
+  }
+  tensor<float, 2> sbad({2, 1});
+  CHECK_THROWS_AS(q::quantize_activations_int8(x.cview(), qx.view(), sbad.view(), 4), moela::error);
+  CHECK_THROWS_AS(q::quantize_activations_int8(x.cview(), qx.view(), s.view(), 0), moela::error);
+}

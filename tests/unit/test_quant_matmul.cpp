@@ -4,7 +4,9 @@
 
 #include <moela/quant.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
@@ -203,6 +205,107 @@ TEST_CASE("fp8_block_w8a8: matmul defaults to the faithful mode, fast still sele
         differ += ya(i, j) != yd(i, j);
       }
     CHECK(same_faithful == m * n);
+    CHECK(same_fast == m * n);
+    CHECK(differ > m * n / 2);  // the activation quantization changes (almost) every output
+  }
+}
+
+namespace {
+
+/// The integer code of W[n, k] with its zero point removed (what mode::int8_activations multiplies).
+template <class F>
+int int_code(const qmatrix<F>& w, index_t n, index_t k) {
+  if constexpr (F::packed4) {
+    const int nib = (w.row_codes(n)[k / 2] >> (4 * (k & 1))) & 0xF;
+    return F::has_zero ? nib - int(w.zeros()(n, k / F::group)) : (nib ^ 8) - 8;
+  } else {
+    return w.row_codes(n)[k];
+  }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("int8 activations (W8A8 / W4A8) equal the float64 integer reference, all paths", F,
+                   MOELA_INTEGER_FORMATS) {
+  std::mt19937 rng(21);
+  const index_t k = F::kind == q::format_kind::int8_rowwise ? 301 : F::group == 256 ? 512 : odd_k<F>();
+  const index_t wg = F::group == 0 ? k : F::group, kb = (k + 127) / 128;
+  for (index_t n : {index_t{1}, index_t{7}, index_t{201}}) {
+    const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+    const auto wd = w.dequantize();
+    for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{5}, index_t{17}}) {
+      CAPTURE(n);
+      CAPTURE(m);
+      const auto x = random_matrix(rng, m, k);
+      tensor<std::int8_t, 2> xq({m, k});
+      tensor<float, 2> xs({m, kb});
+      q::quantize_activations_int8(x.cview(), xq.view(), xs.view(), 128);
+      tensor<float, 2> y({m, n}), yp({m, n});
+      matmul(y.view(), x.cview(), w, q::mode::int8_activations{});                          // AVX2 integer GEMV (M <= 4)
+      matmul(cpu<xsimd::sse4_2>{}, yp.view(), x.cview(), w, q::mode::int8_activations{});  // portable path
+      int bad = 0;
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < n; ++j) {
+          // Reference: exact integer sums per span (activation group ∩ weight group), scaled in
+          // float64. The kernels' error: the fp32 product s_w * s_x (or, on the portable path,
+          // the fp32 dequantized activation and weight), one rounding per accumulated term and
+          // per add: |err| <= (K + 8) u Σ_k |q_k c_k| s_w s_x.
+          double ref = 0, mag = 0, fast = 0, qerr = 0;
+          for (index_t a = 0; a < k;) {
+            const index_t b = std::min({k, (a / wg + 1) * wg, (a / 128 + 1) * 128});
+            std::int64_t p = 0, pm = 0;
+            for (index_t t = a; t < b; ++t) {
+              const std::int64_t prod = std::int64_t(xq(i, t)) * int_code(w, j, t);
+              p += prod;
+              pm += prod < 0 ? -prod : prod;
+            }
+            const double sc = double(w.scale_at(j, a)) * double(xs(i, a / 128));
+            ref += double(p) * sc;
+            mag += double(pm) * sc;
+            for (index_t t = a; t < b; ++t) {
+              fast += double(x(i, t)) * double(wd(j, t));
+              qerr += std::fabs(double(wd(j, t))) * double(xs(i, a / 128)) / 2;
+            }
+            a = b;
+          }
+          const double tol = double(k + 8) * u32 * mag + 1e-30;
+          const bool ok = std::fabs(double(y(i, j)) - ref) <= tol && std::fabs(double(yp(i, j)) - ref) <= tol &&
+                          // Each activation moved by at most s_x / 2: the distance to the
+                          // unquantized product is bounded by Σ |w| s_x / 2 (+ the fp32 terms).
+                          std::fabs(double(y(i, j)) - fast) <= qerr + tol + double(k + 2) * u32 * mag;
+          if (!ok && bad++ < 5) {
+            CAPTURE(i);
+            CAPTURE(j);
+            CHECK(double(y(i, j)) == doctest::Approx(ref).epsilon(0));
+            CHECK(double(yp(i, j)) == doctest::Approx(ref).epsilon(0));
+            CHECK(std::fabs(double(y(i, j)) - fast) <= qerr + tol);
+          }
+        }
+      CHECK(bad == 0);
+    }
+  }
+}
+
+TEST_CASE("with_mode: int4_group_a8 defaults to int8 activations, fast still selectable") {
+  std::mt19937 rng(8);
+  const index_t n = 70, k = 256;
+  const auto w = qmatrix<q::int4_group<32>>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+  const auto wa = qmatrix<q::int4_group_a8<32>>::borrow(w.codes(), w.scales());
+  for (index_t m : {index_t{1}, index_t{6}}) {
+    const auto x = random_matrix(rng, m, k);
+    tensor<float, 2> ya({m, n}), yb({m, n}), yc({m, n}), yd({m, n});
+    matmul(ya.view(), x.cview(), wa);
+    matmul(yb.view(), x.cview(), w, q::mode::int8_activations{});
+    matmul(yc.view(), x.cview(), wa, q::mode::fast{});
+    matmul(yd.view(), x.cview(), w);
+    int same_a8 = 0, same_fast = 0, differ = 0;
+    for (index_t i = 0; i < m; ++i)
+      for (index_t j = 0; j < n; ++j) {
+        same_a8 += ya(i, j) == yb(i, j);
+        same_fast += yc(i, j) == yd(i, j);
+        differ += ya(i, j) != yd(i, j);
+      }
+    CHECK(same_a8 == m * n);
     CHECK(same_fast == m * n);
     CHECK(differ > m * n / 2);  // the activation quantization changes (almost) every output
   }

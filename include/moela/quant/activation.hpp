@@ -15,6 +15,10 @@
 /// W8A8 integer GEMM): `s = amax(row) / 127` (s = 0 for an all-zero row), `q = clamp(rne(x / s),
 /// -127, 127)`. Shapes: `q[M, K]`, `scale[M]`.
 ///
+/// `quantize_activations_int8(x, q, scale, group)`: the same per 1 x `group` group (the activation
+/// side of `quant::mode::int8_activations`, group 128): `scale[M, ceil(K / group)]`; a shorter
+/// last group covers the rest of the row.
+///
 /// Errors (`moela::error`): shape mismatches, group <= 0.
 /// \code
 ///   moela::tensor<moela::fp8_e4m3, 2> q({m, k});
@@ -26,6 +30,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "moela/core/error.hpp"
 #include "moela/core/minifloat.hpp"
@@ -75,6 +80,42 @@ void quantize_activations_fp8(const_view<float, 2> x, tensor_view<Code, 2> q, te
       scale(r, gi) = s;
       for (index_t c = c0; c < c1; ++c) q(r, c) = Code::saturate(x(r, c) / s);
     }
+}
+
+namespace detail {
+/// One group of `n` activations to int8 (see the file comment); returns the scale.
+inline float quantize_int8_group(const float* x, index_t n, std::int8_t* q) {
+  float amax = 0.f;
+  for (index_t c = 0; c < n; ++c) amax = std::max(amax, std::fabs(x[c]));
+  const float s = amax / 127.0f;
+  for (index_t c = 0; c < n; ++c) {
+    const float v = s > 0.f ? std::clamp(rne(x[c] / s), -127.f, 127.f) : 0.f;
+    q[c] = static_cast<std::int8_t>(v);
+  }
+  return s;
+}
+}  // namespace detail
+
+/// Quantizes `x[M, K]` to INT8 in 1 x `group` groups; see file comment.
+inline void quantize_activations_int8(const_view<float, 2> x, tensor_view<std::int8_t, 2> q,
+                                      tensor_view<float, 2> scale, index_t group) {
+  check(group > 0, "quantize_activations_int8: group size must be positive, got ", group);
+  const index_t m = x.extent(0), k = x.extent(1), g = (k + group - 1) / group;
+  check_shape("quantize_activations_int8", "q", q, {m, k});
+  check_shape("quantize_activations_int8", "scale", scale, {m, g});
+  check(q.rows_contiguous(), "quantize_activations_int8: q must have contiguous rows");
+  std::vector<float> row(static_cast<std::size_t>(x.rows_contiguous() ? 0 : k));
+  for (index_t r = 0; r < m; ++r) {
+    const float* xr = x.data() + r * x.stride(0);
+    if (!x.rows_contiguous()) {
+      for (index_t c = 0; c < k; ++c) row[static_cast<std::size_t>(c)] = x(r, c);
+      xr = row.data();
+    }
+    for (index_t gi = 0; gi < g; ++gi) {
+      const index_t c0 = gi * group, n = std::min(k, c0 + group) - c0;
+      scale(r, gi) = detail::quantize_int8_group(xr + c0, n, q.data() + r * q.stride(0) + c0);
+    }
+  }
 }
 
 /// Quantizes `x[M, K]` to INT8 with one scale per row; see file comment.

@@ -13,6 +13,8 @@
 /// | `int8_group<G, S>`             | int8 in [-127, 127]        | S `[N, K/G]`                     | no         |
 /// | `int4_group<G, int4_sym, S>`   | int4 in [-8, 7], 2 per byte| S `[N, K/G]`                     | no         |
 /// | `int4_group<G, int4_asym, S>`  | uint4 in [0, 15], 2 per byte| S `[N, K/G]`                    | uint8 `[N, K/G]` |
+/// | `with_mode<F, Mode>`           | as `F`; matmul defaults to `Mode` | as `F`                     | as `F`     |
+/// | `int8_rowwise_a8`, `int4_group_a8<G>` | `with_mode<..., mode::int8_activations>` (W8A8 / W4A8) | | |
 ///
 /// `S` (scale type) is `float` or `moela::bf16`. The dequantized weight is
 ///  - fp8:  `w = float(code) * scale[n / BR, k / BC]` (the checkpoint's `weight_scale_inv` is
@@ -74,6 +76,17 @@ struct fast {};
 /// E4M3 in 1x128 groups (`act_quant`), per 128-wide K block the FP8 x FP8 products are summed in
 /// fp32 and then scaled `acc += (P * a_scale) * w_scale`. Only for `fp8_block<128, 128>` formats.
 struct faithful {};
+/// Integer activations (W8A8 / W4A8), for the int8 and int4 formats: activations are quantized
+/// to int8 in 1x128 groups (`quantize_activations_int8` with group 128: `s = amax / 127`,
+/// `q = clamp(rne(x / s), -127, 127)`), and `y = Σ_spans (Σ_k q_k c_k) · s_x · s_w` where a span
+/// is the intersection of an activation group and a weight scale group and `c_k` the integer
+/// weight code (minus its zero point). The integer sums are exact; the AVX2 kernels compute them
+/// with `vpmaddubsw`/`vpmaddwd`, ~3x fewer instructions per weight than decoding to fp32, which
+/// is what lets an int8/int4 GEMV stream its weights at memory speed on CPUs without VNNI.
+/// Other paths (M > 4, no AVX2) multiply the dequantized activations `q * s` in fp32 and agree
+/// to fp32 rounding. Cost in accuracy: each activation moves by at most s / 2 (a relative 2^-8 of
+/// its group's amax), which adds at most Σ_k |w_k| s_k / 2 to an output.
+struct int8_activations {};
 }  // namespace mode
 /// `quant::fp8_mode::faithful` / `quant::fp8_mode::fast`: the same tags under the FP8 name.
 namespace fp8_mode = mode;
@@ -183,6 +196,31 @@ concept weight_format = requires {
 template <class F>
 concept fp8_format = F::kind == format_kind::fp8_block;
 
+/// The integer formats (int8_rowwise, int8_group, int4_group): the ones `mode::int8_activations`
+/// applies to.
+template <class F>
+concept integer_format = F::kind == format_kind::int8_rowwise || F::kind == format_kind::int8_group ||
+                         F::kind == format_kind::int4_group;
+
+/// Format `F` with `Mode` as the matmul mode its weights get when a call names none: same storage,
+/// same quantizer, same kernels (`qmatrix<with_mode<F, M>>` holds exactly what `qmatrix<F>`
+/// holds). Use it to make a whole model run a mode, e.g. `with_mode<int4_group<32>,
+/// mode::int8_activations>` (W4A8).
+template <class F, class Mode>
+struct with_mode : F {
+  static_assert(std::is_same_v<Mode, mode::fast> ||
+                    (std::is_same_v<Mode, mode::int8_activations> && integer_format<F>),
+                "with_mode: mode::int8_activations needs an int8 or int4 format (for FP8 W8A8 use "
+                "fp8_block_w8a8)");
+  using matmul_mode = Mode;
+};
+/// INT8 weights (one scale per row) with int8 activations: W8A8 integer GEMV.
+template <class Scale = float>
+using int8_rowwise_a8 = with_mode<int8_rowwise<Scale>, mode::int8_activations>;
+/// Symmetric int4 weights in groups of G with int8 activations: W4A8 integer GEMV.
+template <int G, class Scale = float>
+using int4_group_a8 = with_mode<int4_group<G, int4_zero::symmetric, Scale>, mode::int8_activations>;
+
 /// DeepSeek-V3's FP8 layout: E4M3 codes in 128x128 blocks. The faithful (W8A8) mode and loading
 /// a checkpoint's FP8 tensors as they are need it.
 template <class F>
@@ -190,7 +228,7 @@ concept deepseek_fp8_format = fp8_format<F> && F::block_rows == 128 && F::group 
                               std::is_same_v<typename F::code_type, fp8_e4m3>;
 
 /// The matmul mode of a weight of format `F` when the call names none: `F::matmul_mode` where
-/// the format declares one (fp8_block), else `mode::fast`.
+/// the format declares one (fp8_block, with_mode), else `mode::fast`.
 template <class F>
 struct default_mode {
   using type = mode::fast;

@@ -33,6 +33,7 @@
 
 #include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/cpu/x86/gemv_a8_avx2.hpp"
 #include "moela/backend/cpu/x86/gemv_avx2.hpp"
 #include "moela/quant/qmatrix.hpp"
 
@@ -207,6 +208,17 @@ inline float* scratch_floats(std::size_t n) {
   return buf.data();
 }
 
+/// Calls `run(std::integral_constant<int, M>{})` for M in 1..4 (the GEMV kernels' row counts).
+template <class Run>
+MOELA_ALWAYS_INLINE void with_small_m(index_t m, Run&& run) {
+  switch (m) {
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 3: run(std::integral_constant<int, 3>{}); break;
+    default: run(std::integral_constant<int, 4>{}); break;
+  }
+}
+
 // ---- driver -----------------------------------------------------------------------------------------
 //
 // Roofline of a call: bytes = w.bytes() + 4*M*K (+ 4*M*N written); FLOPs = 2*M*N*K.
@@ -236,12 +248,8 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
           parallel_for(N, [&](index_t a, index_t b) { gemv_avx2<F, MM>(w, x, ldx, a, b, y, ldy); });
         }
       };
-      switch (M) {
-        case 1: run(std::integral_constant<int, 1>{}); return;
-        case 2: run(std::integral_constant<int, 2>{}); return;
-        case 3: run(std::integral_constant<int, 3>{}); return;
-        default: run(std::integral_constant<int, 4>{}); return;
-      }
+      with_small_m(M, run);
+      return;
     }
   }
 #endif
@@ -284,6 +292,50 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
       }
     }
   });
+}
+
+/// y[M, N] (row stride ldy) = (xq ∘ sx)[M, K] · Wᵀ for `quant::mode::int8_activations`: `xq` int8
+/// activation codes (rows of stride K), `sx` their scales (rows of stride ceil(K / 128), one per
+/// 128 columns), W an int8 or int4 format. M <= 4 with AVX2: the integer kernels of
+/// gemv_a8_avx2.hpp. Otherwise the activations are dequantized (q * s in fp32, exact to fp32
+/// rounding) and multiplied by the fast-mode driver above, which differs from the integer sums by
+/// fp32 rounding only.
+template <class Arch, class F>
+void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, index_t M, const qmatrix<F>& w) {
+  static_assert(quant::integer_format<F>, "qgemm_a8: int8 activations need an int8 or int4 weight format");
+  const index_t K = w.cols(), N = w.rows(), lds = (K + 127) / 128;
+#ifdef MOELA_X86_AVX2_KERNELS
+  if constexpr (use_avx2<Arch>) {
+    if (M <= 4) {
+      auto run = [&]<int MM>(std::integral_constant<int, MM>) {
+        if constexpr (F::kind == quant::format_kind::int4_group) {
+          // The calling thread's buffers, grown once and reused across calls; the workers get
+          // plain pointers (a thread_local named inside the lambda would be the worker's own).
+          thread_local std::vector<std::int8_t> xp_buf;
+          thread_local std::vector<std::int32_t> lane_buf;
+          if (xp_buf.size() < static_cast<std::size_t>(MM * K)) xp_buf.resize(static_cast<std::size_t>(MM * K));
+          if (lane_buf.size() < static_cast<std::size_t>(MM * K / 8)) lane_buf.resize(static_cast<std::size_t>(MM * K / 8));
+          std::int8_t* xp = xp_buf.data();
+          std::int32_t* lanes = lane_buf.data();
+          // Rows of xp have stride K and of lanes K / 8 (K is a multiple of G >= 32).
+          for (int m = 0; m < MM; ++m) a8_int4_prepare(xq + m * K, K, xp + m * K, lanes + m * K / 8);
+          parallel_for(N, [&](index_t a, index_t b) {
+            gemv_a8_avx2_int4<F, MM>(w, xp, lanes, xq, K, sx, lds, a, b, y, ldy);
+          });
+        } else {
+          parallel_for(N, [&](index_t a, index_t b) { gemv_a8_avx2_int8<F, MM>(w, xq, K, sx, lds, a, b, y, ldy); });
+        }
+      };
+      with_small_m(M, run);
+      return;
+    }
+  }
+#endif
+  std::vector<float> xd(static_cast<std::size_t>(M * K));
+  for (index_t m = 0; m < M; ++m)
+    for (index_t k = 0; k < K; ++k)
+      xd[static_cast<std::size_t>(m * K + k)] = static_cast<float>(xq[m * K + k]) * sx[m * lds + k / 128];
+  qgemm<Arch, F, false>(y, ldy, xd.data(), K, M, w, nullptr);
 }
 
 }  // namespace moela::detail
