@@ -185,6 +185,7 @@ const bool registered = [] {
   register_format<quant::bf16>("bf16");
   register_format<quant::fp8_block<128, 128>>("fp8_block");
   register_format<quant::int4_group<32>>("int4_group32");
+  register_format<quant::int4_group_a8<32>>("int4_group32_a8");
   return true;
 }();
 

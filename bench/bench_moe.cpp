@@ -13,6 +13,7 @@
 //    and layer_share = router time / bf16 layer time at the same T.
 //
 // Formats: bf16, fp8 (fp8_block<128,128>, DeepSeek's), int8 (int8_rowwise), int4 (int4_group<64>).
+// int8_a8 and int4_a8: the same int8/int4 weights with int8 activations (quant::mode::int8_activations).
 // One layer (about 1.1 GB in bf16) is built per format and kept only while that
 // format's benchmarks run.
 #include "support.hpp"
@@ -208,6 +209,8 @@ const bool registered = [] {
   register_format<quant::fp8_block<128, 128>>("fp8");
   register_format<quant::int8_rowwise<>>("int8");
   register_format<quant::int4_group<64>>("int4");
+  register_format<quant::int8_rowwise_a8<>>("int8_a8");
+  register_format<quant::int4_group_a8<64>>("int4_a8");
   return true;
 }();
 

@@ -254,15 +254,28 @@ class tensor {
 
   template <class... I>
     requires(sizeof...(I) == Rank)
-  T& operator()(I... idx) { return view()(idx...); }
+  T& operator()(I... idx) { return data()[offset(idx...)]; }
   template <class... I>
     requires(sizeof...(I) == Rank)
-  const T& operator()(I... idx) const { return view()(idx...); }
+  const T& operator()(I... idx) const { return data()[offset(idx...)]; }
 
   std::span<T> flat() { return {data(), static_cast<std::size_t>(size())}; }
   std::span<const T> flat() const { return {data(), static_cast<std::size_t>(size())}; }
 
  private:
+  /// Row-major offset of an index (unchecked but for a debug assert). Element access must not
+  /// build a view: the view constructor's shape checks cost ~100 ns per element in a loop.
+  template <class... I>
+  index_t offset(I... idx) const {
+    const index_t ii[] = {static_cast<index_t>(idx)...};
+    index_t off = 0;
+    for (std::size_t d = 0; d < Rank; ++d) {
+      assert(ii[d] >= 0 && ii[d] < shape_[d]);
+      off = off * shape_[d] + ii[d];
+    }
+    return off;
+  }
+
   void allocate() {
     index_t n = 1;
     for (auto e : shape_) n *= e;

@@ -32,6 +32,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "moela/backend/cpu/parallel_for.hpp"
 #include "moela/core/error.hpp"
 #include "moela/core/minifloat.hpp"
 #include "moela/core/tensor.hpp"
@@ -120,6 +121,7 @@ class qmatrix {
   // ---- quantization ----------------------------------------------------------------------------
 
   /// Quantizes an fp32 matrix `[N, K]` (see formats.hpp for each format's rule).
+  /// Rows are quantized in parallel (moela::parallel_for).
   static qmatrix quantize(const_view<float, 2> w);
   /// Quantizes a bf16 matrix `[N, K]` (widened exactly to fp32 first; lossless for quant::bf16).
   static qmatrix quantize(const_view<moela::bf16, 2> w) {
@@ -279,26 +281,30 @@ qmatrix<Format> qmatrix<Format>::quantize(const_view<float, 2> w) {
   const index_t n = w.extent(0), k = w.extent(1);
   if constexpr (Format::kind == format_kind::dense) {
     tensor<code_type, 2> t({n, k});
-    for (index_t r = 0; r < n; ++r)
-      for (index_t c = 0; c < k; ++c) t(r, c) = static_cast<code_type>(w(r, c));
+    parallel_for(n, [&](index_t r0, index_t r1) {
+      for (index_t r = r0; r < r1; ++r)
+        for (index_t c = 0; c < k; ++c) t(r, c) = static_cast<code_type>(w(r, c));
+    });
     return qmatrix(std::move(t));
   } else if constexpr (Format::kind == format_kind::fp8_block) {
     constexpr index_t br = Format::block_rows, bc = Format::group;
     const index_t sr = (n + br - 1) / br, sc = (k + bc - 1) / bc;
     tensor<code_type, 2> q({n, k});
     tensor<float, 2> s({sr, sc});
-    for (index_t bi = 0; bi < sr; ++bi)
-      for (index_t bj = 0; bj < sc; ++bj) {
-        const index_t r0 = bi * br, r1 = std::min(n, r0 + br), c0 = bj * bc, c1 = std::min(k, c0 + bc);
-        float amax = 0.f;
-        for (index_t r = r0; r < r1; ++r)
-          for (index_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(w(r, c)));
-        amax = std::max(amax, 1e-4f);
-        const float scale = amax / Format::code_max;  // fp32 IEEE division, as the checkpoint recipe
-        s(bi, bj) = scale;
-        for (index_t r = r0; r < r1; ++r)
-          for (index_t c = c0; c < c1; ++c) q(r, c) = code_type::saturate(w(r, c) / scale);
-      }
+    parallel_for(sr, [&](index_t b0, index_t b1) {
+      for (index_t bi = b0; bi < b1; ++bi)
+        for (index_t bj = 0; bj < sc; ++bj) {
+          const index_t r0 = bi * br, r1 = std::min(n, r0 + br), c0 = bj * bc, c1 = std::min(k, c0 + bc);
+          float amax = 0.f;
+          for (index_t r = r0; r < r1; ++r)
+            for (index_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(w(r, c)));
+          amax = std::max(amax, 1e-4f);
+          const float scale = amax / Format::code_max;  // fp32 IEEE division, as the checkpoint recipe
+          s(bi, bj) = scale;
+          for (index_t r = r0; r < r1; ++r)
+            for (index_t c = c0; c < c1; ++c) q(r, c) = code_type::saturate(w(r, c) / scale);
+        }
+    });
     return qmatrix(std::move(q), std::move(s));
   } else if constexpr (Format::kind == format_kind::int8_rowwise || Format::kind == format_kind::int8_group) {
     const index_t g = Format::group == 0 ? k : Format::group;
@@ -306,18 +312,20 @@ qmatrix<Format> qmatrix<Format>::quantize(const_view<float, 2> w) {
           to_string(w.shape()), ")");
     tensor<std::int8_t, 2> q({n, k});
     tensor<scale_type, 2> s({n, k / g});
-    for (index_t r = 0; r < n; ++r)
-      for (index_t gi = 0; gi < k / g; ++gi) {
-        float amax = 0.f;
-        for (index_t c = gi * g; c < (gi + 1) * g; ++c) amax = std::max(amax, std::fabs(w(r, c)));
-        const scale_type st = quant::detail::scale_from_float<scale_type>(amax / 127.0f);
-        const float scale = quant::detail::scale_to_float(st);
-        s(r, gi) = st;
-        for (index_t c = gi * g; c < (gi + 1) * g; ++c) {
-          const float v = scale > 0.f ? quant::detail::rne(w(r, c) / scale) : 0.f;
-          q(r, c) = static_cast<std::int8_t>(std::clamp(v, -127.f, 127.f));
+    parallel_for(n, [&](index_t r0, index_t r1) {
+      for (index_t r = r0; r < r1; ++r)
+        for (index_t gi = 0; gi < k / g; ++gi) {
+          float amax = 0.f;
+          for (index_t c = gi * g; c < (gi + 1) * g; ++c) amax = std::max(amax, std::fabs(w(r, c)));
+          const scale_type st = quant::detail::scale_from_float<scale_type>(amax / 127.0f);
+          const float scale = quant::detail::scale_to_float(st);
+          s(r, gi) = st;
+          for (index_t c = gi * g; c < (gi + 1) * g; ++c) {
+            const float v = scale > 0.f ? quant::detail::rne(w(r, c) / scale) : 0.f;
+            q(r, c) = static_cast<std::int8_t>(std::clamp(v, -127.f, 127.f));
+          }
         }
-      }
+    });
     return qmatrix(std::move(q), std::move(s));
   } else {  // int4_group
     constexpr index_t g = Format::group;
@@ -327,38 +335,40 @@ qmatrix<Format> qmatrix<Format>::quantize(const_view<float, 2> w) {
     tensor<scale_type, 2> s({n, k / g});
     tensor<std::uint8_t, 2> z;
     if constexpr (Format::has_zero) z = tensor<std::uint8_t, 2>({n, k / g});
-    for (index_t r = 0; r < n; ++r)
-      for (index_t gi = 0; gi < k / g; ++gi) {
-        const index_t c0 = gi * g, c1 = c0 + g;
-        if constexpr (!Format::has_zero) {
-          float amax = 0.f;
-          for (index_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(w(r, c)));
-          const scale_type st = quant::detail::scale_from_float<scale_type>(amax / 7.0f);
-          const float scale = quant::detail::scale_to_float(st);
-          s(r, gi) = st;
-          for (index_t c = c0; c < c1; ++c) {
-            const float v = scale > 0.f ? std::clamp(quant::detail::rne(w(r, c) / scale), -8.f, 7.f) : 0.f;
-            const unsigned nib = static_cast<unsigned>(static_cast<int>(v)) & 0xFu;
-            q(r, c / 2) = static_cast<std::uint8_t>(q(r, c / 2) | (nib << (4 * (c & 1))));
-          }
-        } else {
-          float lo = 0.f, hi = 0.f;
-          for (index_t c = c0; c < c1; ++c) {
-            lo = std::min(lo, w(r, c));
-            hi = std::max(hi, w(r, c));
-          }
-          const scale_type st = quant::detail::scale_from_float<scale_type>((hi - lo) / 15.0f);
-          const float scale = quant::detail::scale_to_float(st);
-          s(r, gi) = st;
-          const float zf = scale > 0.f ? std::clamp(quant::detail::rne(-lo / scale), 0.f, 15.f) : 0.f;
-          z(r, gi) = static_cast<std::uint8_t>(zf);
-          for (index_t c = c0; c < c1; ++c) {
-            const float v = scale > 0.f ? std::clamp(quant::detail::rne(w(r, c) / scale) + zf, 0.f, 15.f) : zf;
-            const unsigned nib = static_cast<unsigned>(v) & 0xFu;
-            q(r, c / 2) = static_cast<std::uint8_t>(q(r, c / 2) | (nib << (4 * (c & 1))));
+    parallel_for(n, [&](index_t r0, index_t r1) {
+      for (index_t r = r0; r < r1; ++r)
+        for (index_t gi = 0; gi < k / g; ++gi) {
+          const index_t c0 = gi * g, c1 = c0 + g;
+          if constexpr (!Format::has_zero) {
+            float amax = 0.f;
+            for (index_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(w(r, c)));
+            const scale_type st = quant::detail::scale_from_float<scale_type>(amax / 7.0f);
+            const float scale = quant::detail::scale_to_float(st);
+            s(r, gi) = st;
+            for (index_t c = c0; c < c1; ++c) {
+              const float v = scale > 0.f ? std::clamp(quant::detail::rne(w(r, c) / scale), -8.f, 7.f) : 0.f;
+              const unsigned nib = static_cast<unsigned>(static_cast<int>(v)) & 0xFu;
+              q(r, c / 2) = static_cast<std::uint8_t>(q(r, c / 2) | (nib << (4 * (c & 1))));
+            }
+          } else {
+            float lo = 0.f, hi = 0.f;
+            for (index_t c = c0; c < c1; ++c) {
+              lo = std::min(lo, w(r, c));
+              hi = std::max(hi, w(r, c));
+            }
+            const scale_type st = quant::detail::scale_from_float<scale_type>((hi - lo) / 15.0f);
+            const float scale = quant::detail::scale_to_float(st);
+            s(r, gi) = st;
+            const float zf = scale > 0.f ? std::clamp(quant::detail::rne(-lo / scale), 0.f, 15.f) : 0.f;
+            z(r, gi) = static_cast<std::uint8_t>(zf);
+            for (index_t c = c0; c < c1; ++c) {
+              const float v = scale > 0.f ? std::clamp(quant::detail::rne(w(r, c) / scale) + zf, 0.f, 15.f) : zf;
+              const unsigned nib = static_cast<unsigned>(v) & 0xFu;
+              q(r, c / 2) = static_cast<std::uint8_t>(q(r, c / 2) | (nib << (4 * (c & 1))));
+            }
           }
         }
-      }
+    });
     return qmatrix(std::move(q), std::move(s), std::move(z), k);
   }
 }
