@@ -5,7 +5,9 @@
 
 #include <moela/quant.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <random>
 #include <string>
@@ -226,4 +228,49 @@ TEST_CASE("int8 grouped activation quantization: per-group scales, a short last 
   tensor<float, 2> sbad({2, 1});
   CHECK_THROWS_AS(q::quantize_activations_int8(x.cview(), qx.view(), sbad.view(), 4), moela::error);
   CHECK_THROWS_AS(q::quantize_activations_int8(x.cview(), qx.view(), s.view(), 0), moela::error);
+}
+
+TEST_CASE("int8 grouped activation quantization: the vector path rounds like the scalar definition") {
+  // 3 rows x 300: full 128-wide groups (the vectorized path) and a 44-wide tail group; values
+  // include exact ties (k + 0.5 steps of the scale) and both signs.
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  tensor<float, 2> x({3, 300});
+  for (auto& v : x.flat()) v = nd(rng);
+  for (index_t c = 0; c < 300; c += 7) x(1, c) = (float(c % 50) - 25.f) + 0.5f;  // ties at s = 1
+  x(1, 0) = 127.f;  x(1, 128) = 127.f;  x(1, 256) = 127.f;                        // s = 1 in every group
+  tensor<std::int8_t, 2> qx({3, 300});
+  tensor<float, 2> s({3, 3});
+  q::quantize_activations_int8(x.cview(), qx.view(), s.view(), 128);
+  int bad = 0;
+  for (index_t r = 0; r < 3; ++r)
+    for (index_t g = 0; g < 3; ++g) {
+      float amax = 0.f;
+      for (index_t c = g * 128; c < std::min<index_t>(300, g * 128 + 128); ++c) amax = std::max(amax, std::fabs(x(r, c)));
+      CHECK(s(r, g) == amax / 127.f);
+      for (index_t c = g * 128; c < std::min<index_t>(300, g * 128 + 128); ++c)
+        bad += qx(r, c) != static_cast<std::int8_t>(std::clamp(moela::quant::detail::rne(x(r, c) / s(r, g)), -127.f, 127.f));
+    }
+  CHECK(bad == 0);
+  CHECK(qx(1, 7) == -18);  // -17.5 -> -18 (even)
+  CHECK(qx(1, 14) == -10);  // -10.5 -> -10 (even)
+}
+
+TEST_CASE("int8 grouped activation quantization: NaN and inf make the group's scale non-finite") {
+  tensor<float, 2> x({1, 256});
+  for (index_t c = 0; c < 256; ++c) x(0, c) = 0.01f * float(c);
+  x(0, 5) = std::numeric_limits<float>::quiet_NaN();
+  x(0, 200) = std::numeric_limits<float>::infinity();
+  tensor<std::int8_t, 2> qx({1, 256});
+  tensor<float, 2> s({1, 2});
+  q::quantize_activations_int8(x.cview(), qx.view(), s.view(), 128);
+  CHECK(std::isnan(s(0, 0)));
+  CHECK(std::isinf(s(0, 1)));
+  for (index_t c = 0; c < 256; ++c) CHECK(qx(0, c) == 0);
+  // Through matmul: the products of a group with a NaN or inf activation are NaN, as in fp32.
+  std::mt19937 rng(2);
+  const auto w = qmatrix<q::int8_rowwise<>>::quantize(random_matrix(rng, 8, 256, 0.1f).cview());
+  tensor<float, 2> y({1, 8});
+  matmul(y.view(), x.cview(), w, q::mode::int8_activations{});
+  for (index_t j = 0; j < 8; ++j) CHECK(std::isnan(y(0, j)));
 }

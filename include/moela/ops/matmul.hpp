@@ -89,11 +89,12 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
     if (s_buf.size() < static_cast<std::size_t>(m * kb)) s_buf.resize(static_cast<std::size_t>(m * kb));
     std::int8_t* q = q_buf.data();
     float* xs = s_buf.data();
-    for (index_t r = 0; r < m; ++r)
-      for (index_t g = 0; g < kb; ++g) {
-        const index_t c0 = g * 128;
-        xs[r * kb + g] = quant::detail::quantize_int8_group(x + r * ldx + c0, std::min<index_t>(128, k - c0), q + r * k + c0);
+    parallel_for(m * kb, [&](index_t i0, index_t i1) {  // one 1x128 group per index
+      for (index_t i = i0; i < i1; ++i) {
+        const index_t r = i / kb, c0 = i % kb * 128;
+        xs[i] = quant::detail::quantize_int8_group(x + r * ldx + c0, std::min<index_t>(128, k - c0), q + r * k + c0);
       }
+    });
     qgemm_a8<Arch, Format>(y.data(), ldy, q, xs, m, w);
   } else {
     static_assert(std::is_same_v<Mode, quant::mode::fast>, "matmul: unknown mode tag");

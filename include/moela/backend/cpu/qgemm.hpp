@@ -332,9 +332,11 @@ void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, ind
   }
 #endif
   std::vector<float> xd(static_cast<std::size_t>(M * K));
-  for (index_t m = 0; m < M; ++m)
-    for (index_t k = 0; k < K; ++k)
-      xd[static_cast<std::size_t>(m * K + k)] = static_cast<float>(xq[m * K + k]) * sx[m * lds + k / 128];
+  parallel_for(M, [&](index_t m0, index_t m1) {
+    for (index_t m = m0; m < m1; ++m)
+      for (index_t k = 0; k < K; ++k)
+        xd[static_cast<std::size_t>(m * K + k)] = static_cast<float>(xq[m * K + k]) * sx[m * lds + k / 128];
+  });
   qgemm<Arch, F, false>(y, ldy, xd.data(), K, M, w, nullptr);
 }
 
