@@ -303,10 +303,11 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
 template <class Arch, class F>
 void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, index_t M, const qmatrix<F>& w) {
   static_assert(quant::integer_format<F>, "qgemm_a8: int8 activations need an int8 or int4 weight format");
-  const index_t K = w.cols(), N = w.rows(), lds = (K + 127) / 128;
+  const index_t K = w.cols(), lds = (K + 127) / 128;
 #ifdef MOELA_X86_AVX2_KERNELS
   if constexpr (use_avx2<Arch>) {
     if (M <= 4) {
+      const index_t N = w.rows();
       auto run = [&]<int MM>(std::integral_constant<int, MM>) {
         if constexpr (F::kind == quant::format_kind::int4_group) {
           // The calling thread's buffers, grown once and reused across calls; the workers get
