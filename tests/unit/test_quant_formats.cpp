@@ -274,3 +274,16 @@ TEST_CASE("int8 grouped activation quantization: NaN and inf make the group's sc
   matmul(y.view(), x.cview(), w, q::mode::int8_activations{});
   for (index_t j = 0; j < 8; ++j) CHECK(std::isnan(y(0, j)));
 }
+
+TEST_CASE("int8 per-row activation quantization: a NaN makes the row's scale NaN and its codes 0") {
+  tensor<float, 2> x({2, 40});
+  for (index_t c = 0; c < 40; ++c) x(0, c) = x(1, c) = 0.5f * float(c) - 7.f;
+  x(1, 3) = std::numeric_limits<float>::quiet_NaN();
+  tensor<std::int8_t, 2> qx({2, 40});
+  tensor<float, 1> s({2});
+  q::quantize_activations_int8(x.cview(), qx.view(), s.view());
+  CHECK(s(0) == 12.5f / 127.f);
+  CHECK(qx(0, 39) == 127);
+  CHECK(std::isnan(s(1)));
+  for (index_t c = 0; c < 40; ++c) CHECK(qx(1, c) == 0);
+}

@@ -13,7 +13,8 @@
 ///
 /// `quantize_activations_int8(x, q, scale)`: per-row symmetric INT8 (the activation side of a
 /// W8A8 integer GEMM): `s = amax(row) / 127` (s = 0 for an all-zero row), `q = clamp(rne(x / s),
-/// -127, 127)`. Shapes: `q[M, K]`, `scale[M]`.
+/// -127, 127)`. Shapes: `q[M, K]`, `scale[M]`. A NaN or infinite activation makes its row's
+/// scale NaN or inf and the row's codes 0.
 ///
 /// `quantize_activations_int8(x, q, scale, group)`: the same per 1 x `group` group (the activation
 /// side of `quant::mode::int8_activations`, group 128): `scale[M, ceil(K / group)]`; a shorter
@@ -187,16 +188,13 @@ inline void quantize_activations_int8(const_view<float, 2> x, tensor_view<std::i
   const index_t m = x.extent(0), k = x.extent(1);
   check_shape("quantize_activations_int8", "q", q, {m, k});
   check_shape("quantize_activations_int8", "scale", scale, {m});
-  for (index_t r = 0; r < m; ++r) {
-    float amax = 0.f;
-    for (index_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x(r, c)));
-    const float s = amax / 127.0f;
-    scale(r) = s;
-    for (index_t c = 0; c < k; ++c) {
-      const float v = s > 0.f ? std::clamp(moela::quant::detail::rne(x(r, c) / s), -127.f, 127.f) : 0.f;
-      q(r, c) = static_cast<std::int8_t>(v);
-    }
+  if (k == 0) {  // empty rows: scale 0
+    for (index_t r = 0; r < m; ++r) scale(r) = 0.f;
+    return;
   }
+  // One group spanning the row: the grouped overload with group = K.
+  tensor_view<float, 2> s2(scale.data(), {m, 1}, {scale.stride(0), 1});
+  quantize_activations_int8(x, q, s2, k);
 }
 
 }  // namespace moela::quant
