@@ -81,7 +81,8 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
   } else if constexpr (std::is_same_v<Mode, quant::mode::int8_activations>) {
     static_assert(quant::integer_format<Format>,
                   "matmul: mode::int8_activations needs an int8 or int4 weight (int8_rowwise, int8_group, int4_group)");
-    const index_t k = w.cols(), kb = (k + 127) / 128;
+    constexpr index_t g = quant::int8_activation_group;
+    const index_t k = w.cols(), kb = (k + g - 1) / g;
     // The calling thread's buffers (decode calls this per token), grown once and reused.
     thread_local std::vector<std::int8_t> q_buf;
     thread_local std::vector<float> s_buf;
@@ -89,12 +90,8 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
     if (s_buf.size() < static_cast<std::size_t>(m * kb)) s_buf.resize(static_cast<std::size_t>(m * kb));
     std::int8_t* q = q_buf.data();
     float* xs = s_buf.data();
-    parallel_for(m * kb, [&](index_t i0, index_t i1) {  // one 1x128 group per index
-      for (index_t i = i0; i < i1; ++i) {
-        const index_t r = i / kb, c0 = i % kb * 128;
-        xs[i] = quant::detail::quantize_int8_group(x + r * ldx + c0, std::min<index_t>(128, k - c0), q + r * k + c0);
-      }
-    });
+    quant::quantize_activations_int8(const_view<float, 2>(x, {m, k}, {ldx, 1}), tensor_view<std::int8_t, 2>(q, {m, k}),
+                                     tensor_view<float, 2>(xs, {m, kb}), g);
     qgemm_a8<Arch, Format>(y.data(), ldy, q, xs, m, w);
   } else {
     static_assert(std::is_same_v<Mode, quant::mode::fast>, "matmul: unknown mode tag");

@@ -88,6 +88,8 @@ struct faithful {};
 /// its group's amax), which adds at most Σ_k |w_k| s_k / 2 to an output.
 struct int8_activations {};
 }  // namespace mode
+/// Activation group width of `mode::int8_activations` (one int8 scale per 1 x 128 activations).
+inline constexpr index_t int8_activation_group = 128;
 /// `quant::fp8_mode::faithful` / `quant::fp8_mode::fast`: the same tags under the FP8 name.
 namespace fp8_mode = mode;
 

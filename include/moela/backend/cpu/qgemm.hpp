@@ -303,7 +303,8 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
 template <class Arch, class F>
 void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, index_t M, const qmatrix<F>& w) {
   static_assert(quant::integer_format<F>, "qgemm_a8: int8 activations need an int8 or int4 weight format");
-  const index_t K = w.cols(), lds = (K + 127) / 128;
+  constexpr index_t g = quant::int8_activation_group;
+  const index_t K = w.cols(), lds = (K + g - 1) / g;
 #ifdef MOELA_X86_AVX2_KERNELS
   if constexpr (use_avx2<Arch>) {
     if (M <= 4) {
@@ -336,7 +337,7 @@ void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, ind
   parallel_for(M, [&](index_t m0, index_t m1) {
     for (index_t m = m0; m < m1; ++m)
       for (index_t k = 0; k < K; ++k)
-        xd[static_cast<std::size_t>(m * K + k)] = static_cast<float>(xq[m * K + k]) * sx[m * lds + k / 128];
+        xd[static_cast<std::size_t>(m * K + k)] = static_cast<float>(xq[m * K + k]) * sx[m * lds + k / g];
   });
   qgemm<Arch, F, false>(y, ldy, xd.data(), K, M, w, nullptr);
 }

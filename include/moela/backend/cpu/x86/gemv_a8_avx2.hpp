@@ -26,6 +26,7 @@
 #include <cstring>
 
 #include "moela/backend/cpu/convert.hpp"
+#include "moela/backend/cpu/x86/gemv_avx2.hpp"
 #include "moela/quant/qmatrix.hpp"
 
 #ifdef MOELA_X86_AVX2_KERNELS
@@ -33,14 +34,7 @@
 
 namespace moela::detail {
 
-/// The activation group of quant::mode::int8_activations.
-inline constexpr index_t a8_group = 128;
-
-MOELA_ALWAYS_INLINE float hsum_ps_a8(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-}
+inline constexpr index_t a8_group = quant::int8_activation_group;
 
 /// y[m, n] for n in [n0, n1), m < M: int8_rowwise / int8_group weights, int8 activations `xq`
 /// (rows of stride ldx) with group scales `sx` (rows of stride lds, one per 128 columns).
@@ -95,7 +89,7 @@ void gemv_a8_avx2_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx, 
       a = b;
     }
     for (int r = 0; r < rr; ++r)
-      for (int m = 0; m < M; ++m) y[m * ldy + n + r] = hsum_ps_a8(total[r][m]) + stail[r][m];
+      for (int m = 0; m < M; ++m) y[m * ldy + n + r] = hsum_ps(total[r][m]) + stail[r][m];
   }
 }
 
@@ -178,7 +172,7 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const std::in
     for (int r = 0; r < rr; ++r) {
       const index_t nr = n + r;
       for (int m = 0; m < M; ++m) {
-        float sum = hsum_ps_a8(total[r][m]);
+        float sum = hsum_ps(total[r][m]);
         for (index_t g0 = kfull; g0 < K; g0 += G) {  // tail groups (K % 64 == 32, G == 32)
           std::int32_t acc = 0;
           for (index_t k = g0; k < g0 + G; ++k) {
