@@ -69,7 +69,9 @@ TEST_CASE_TEMPLATE("matmul equals the float64 reference on the dequantized weigh
   for (index_t n : {index_t{1}, index_t{7}, index_t{201}}) {
     const auto wf = random_matrix(rng, n, k, 0.05f);
     const auto w = qmatrix<F>::quantize(wf.cview());
-    for (index_t m : {index_t{1}, index_t{3}, index_t{17}}) {
+    // M = 1..4 are the GEMV kernels' four row counts (each its own instantiation, with its own
+    // rows-per-pass and, for bf16, its own load width); 17 is the GEMM path.
+    for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{17}}) {
       CAPTURE(n);
       CAPTURE(m);
       const auto x = random_matrix(rng, m, k);
@@ -117,7 +119,8 @@ TEST_CASE_TEMPLATE("matmul with bf16 activations", F, q::f32, q::bf16, q::fp8_bl
 
 TEST_CASE_TEMPLATE("matmul: a NaN weight code makes exactly its row's outputs NaN", F, q::fp8_block<128, 128>,
                    q::fp8_block_e5m2<128, 128>) {
-  // Both E4M3 NaN codes (0x7F, 0xFF) in the vector body and in the scalar tail (K = 301).
+  // Both E4M3 NaN codes (0x7F, 0xFF) in the 16-wide vector body, the 8-wide step after it
+  // (K = 301: the last 128-block is 45 wide, 32 + 8 + 5) and the scalar tail.
   std::mt19937 rng(5);
   const index_t n = 9, k = 301;
   const auto wq = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
@@ -132,8 +135,9 @@ TEST_CASE_TEMPLATE("matmul: a NaN weight code makes exactly its row's outputs Na
   codes(2, 17) = F::code_type::from_bits(nan_pos);   // vector body
   codes(5, 300) = F::code_type::from_bits(nan_neg);  // scalar tail
   codes(7, 130) = F::code_type::from_bits(nan_neg);  // second K block
+  codes(8, 291) = F::code_type::from_bits(nan_pos);  // 8-wide step
   const auto w = qmatrix<F>::borrow(codes.cview(), scales.cview());
-  for (index_t m : {index_t{1}, index_t{3}, index_t{17}}) {
+  for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{17}}) {
     CAPTURE(m);
     const auto x = random_matrix(rng, m, k);
     tensor<float, 2> y({m, n});
@@ -141,7 +145,7 @@ TEST_CASE_TEMPLATE("matmul: a NaN weight code makes exactly its row's outputs Na
     for (index_t i = 0; i < m; ++i)
       for (index_t j = 0; j < n; ++j) {
         CAPTURE(j);
-        CHECK(std::isnan(y(i, j)) == (j == 2 || j == 5 || j == 7));
+        CHECK(std::isnan(y(i, j)) == (j == 2 || j == 5 || j == 7 || j == 8));
       }
   }
 }

@@ -8,8 +8,9 @@
 /// Roofline (per call): bytes = w.bytes() + 4*M*K; FLOPs = 2*M*N*K. At M <= 4 the arithmetic
 /// intensity is <= 8 FLOP per weight byte for int4 and <= 2 for f32, far below the machine's
 /// FLOP/byte balance, so the target is streaming the weights at DRAM speed. Per 8 weights the
-/// inner loops issue: f32 1 FMA (load folded); bf16/fp16 2-3 uops + FMA; int8 3 + FMA;
-/// fp8 E4M3 5 (sign-extend, shift, mask, NaN tracking, F16C convert) + FMA; int4 3 + FMA
+/// inner loops issue: f32 1 FMA (load folded); bf16 1 unpack + FMA; fp16 1 convert + FMA;
+/// int8 3 + FMA; fp8 E4M3 4 (unpack, shift, mask, F16C convert, and NaN tracking once per 16)
+/// + FMA; int4 3 + FMA
 /// (64 codes per 32-byte load, x pre-permuted so that nibble order needs no shuffles; the zero
 /// point / sign offset is removed per group with precomputed group sums of x).
 /// Measured ratios to the triad bandwidth: docs/performance.md, "Idle re-measurement".
@@ -34,9 +35,19 @@ MOELA_ALWAYS_INLINE float hsum_ps(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
+/// NaN bookkeeping of the E4M3 kernels: the running byte-wise maximum of the codes' magnitudes
+/// (code & 0x7F), which reaches 0x7F exactly when a NaN code was seen. Two ops per load of up
+/// to 16 codes; load8/load16 decode NaN codes to finite values, so the kernel needs this.
+MOELA_ALWAYS_INLINE __m128i e4m3_track_nan(__m128i seen, __m128i codes) {
+  return _mm_max_epu8(seen, _mm_and_si128(codes, _mm_set1_epi8(0x7F)));
+}
+MOELA_ALWAYS_INLINE bool e4m3_nan_seen(__m128i seen) {
+  return _mm_movemask_epi8(_mm_cmpeq_epi8(seen, _mm_set1_epi8(0x7F))) != 0;
+}
+
 /// 8 consecutive weights of a non-int4 format starting at code pointer `p`, unscaled
 /// (fp8 E4M3: value / 256, the factor is folded into the scale; NaN codes come out finite and
-/// are recorded in `nan`, see gemv_avx2).
+/// are recorded in `nan`, see e4m3_track_nan).
 template <class F>
 MOELA_ALWAYS_INLINE __m256 load8(const typename F::code_type* p, [[maybe_unused]] __m128i& nan) {
   using C = typename F::code_type;
@@ -51,11 +62,56 @@ MOELA_ALWAYS_INLINE __m256 load8(const typename F::code_type* p, [[maybe_unused]
   } else if constexpr (std::is_same_v<C, fp8_e5m2>) {  // E5M2 is fp16 with the low byte cleared
     const __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
     return _mm256_cvtph_ps(_mm_slli_epi16(c, 8));
-  } else {  // fp8_e4m3. NaN codes set bits 13..7 of h: OR-ing in the other bits makes them the
-            // only lanes equal to 0xFFFF, which an unsigned max keeps (2 ops per 8 weights).
-    const __m128i h = e4m3x8_to_fp16_bits(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    nan = _mm_max_epu16(nan, _mm_or_si128(h, _mm_set1_epi16(static_cast<short>(0xC07F))));
-    return _mm256_cvtph_ps(h);
+  } else {  // fp8_e4m3
+    const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    nan = e4m3_track_nan(nan, c);  // the upper 8 bytes are zero
+    return _mm256_cvtph_ps(e4m3x8_to_fp16_bits(c));
+  }
+}
+
+/// Whether the M-row kernel reads F's rows 16 weights at a time (load16): formats that widen
+/// their codes with a shift or a sign extension per 8 weights, which an unpack against zero
+/// does for 8 weights in one op. bf16 pairs its lanes with x in a shuffled order that costs an
+/// insert per 4 x values; shared by R = 4 (M = 1) or 2 (M = 2) rows that is cheap, but at
+/// M >= 3 (one row per pass) it costs more than it saves (measured: M = 4 ran at 0.7x).
+template <class F, int M>
+inline constexpr bool use_load16 =
+    (std::is_same_v<typename F::code_type, moela::bf16> && M <= 2) ||
+    std::is_same_v<typename F::code_type, fp8_e4m3> || std::is_same_v<typename F::code_type, fp8_e5m2>;
+
+/// 16 consecutive weights at `p` as two vectors `a`, `b`, unscaled like load8. Their lane order
+/// is the one x16 gives x: bf16 a = weights 0-3 and 8-11, b = 4-7 and 12-15 (the 256-bit
+/// unpack works within 128-bit halves; 16-bit codes unpacked against zero are floats); fp8
+/// a = 0-7, b = 8-15. Per 16 weights: bf16 2 ops (was 4), fp8 4 + 2 converts (was 6 + 2).
+template <class F>
+MOELA_ALWAYS_INLINE void load16(const typename F::code_type* p, __m256& a, __m256& b, [[maybe_unused]] __m128i& nan) {
+  using C = typename F::code_type;
+  if constexpr (std::is_same_v<C, moela::bf16>) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), v));
+    b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), v));
+  } else {
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same_v<C, fp8_e5m2>) {
+      a = _mm256_cvtph_ps(_mm_unpacklo_epi8(_mm_setzero_si128(), c));
+      b = _mm256_cvtph_ps(_mm_unpackhi_epi8(_mm_setzero_si128(), c));
+    } else {
+      nan = e4m3_track_nan(nan, c);
+      a = _mm256_cvtph_ps(e4m3x16_to_fp16_bits<false>(c));
+      b = _mm256_cvtph_ps(e4m3x16_to_fp16_bits<true>(c));
+    }
+  }
+}
+
+/// x[0..16) in the lane order of load16<F>'s two vectors.
+template <class F>
+MOELA_ALWAYS_INLINE void x16(const float* x, __m256& a, __m256& b) {
+  if constexpr (std::is_same_v<typename F::code_type, moela::bf16>) {
+    a = _mm256_loadu2_m128(x + 8, x);
+    b = _mm256_loadu2_m128(x + 12, x + 4);
+  } else {
+    a = _mm256_loadu_ps(x);
+    b = _mm256_loadu_ps(x + 8);
   }
 }
 
@@ -91,6 +147,23 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
       float tail[R][M] = {};
       MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
       index_t k = g0;
+      if constexpr (use_load16<F, M>) {
+        __m256 acc2[R][M];  // a second chain per output: two dependent FMAs per step would wait on each other
+        MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc2[r][m] = _mm256_setzero_ps();
+        for (; k + 16 <= g1; k += 16) {
+          __m256 xa[M], xb[M];
+          MOELA_UNROLL for (int m = 0; m < M; ++m) x16<F>(x + m * ldx + k, xa[m], xb[m]);
+          MOELA_UNROLL for (int r = 0; r < R; ++r) {
+            __m256 wa, wb;
+            load16<F>(rows[r] + k, wa, wb, nan[r]);
+            MOELA_UNROLL for (int m = 0; m < M; ++m) {
+              acc[r][m] = _mm256_fmadd_ps(wa, xa[m], acc[r][m]);
+              acc2[r][m] = _mm256_fmadd_ps(wb, xb[m], acc2[r][m]);
+            }
+          }
+        }
+        MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_add_ps(acc[r][m], acc2[r][m]);
+      }
       for (; k + 8 <= g1; k += 8) {
         __m256 xv[M];
         MOELA_UNROLL for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * ldx + k);
@@ -126,7 +199,7 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
       // its NaN codes to finite values; the scalar tail above already produced NaN via code_at).
       bool row_nan = false;
       if constexpr (std::is_same_v<typename F::code_type, fp8_e4m3>)
-        row_nan = _mm_movemask_epi8(_mm_cmpeq_epi16(nan[r], _mm_set1_epi16(-1))) != 0;
+        row_nan = e4m3_nan_seen(nan[r]);
       for (int m = 0; m < M; ++m)
         y[m * ldy + n + r] = row_nan ? std::numeric_limits<float>::quiet_NaN() : hsum_ps(total[r][m]) + stail[r][m];
     }
