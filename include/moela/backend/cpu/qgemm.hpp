@@ -320,7 +320,7 @@ void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, ind
           std::int8_t* xp = xp_buf.data();
           std::int32_t* lanes = lane_buf.data();
           // Rows of xp have stride K and of lanes K / 8 (K is a multiple of G >= 32).
-          for (int m = 0; m < MM; ++m) a8_int4_prepare(xq + m * K, K, xp + m * K, lanes + m * K / 8);
+          for (int m = 0; m < MM; ++m) a8_int4_prepare(xq + m * K, K, a8_int4_lane_mul<F>, xp + m * K, lanes + m * K / 8);
           parallel_for(N, [&](index_t a, index_t b) {
             gemv_a8_avx2_int4<F, MM>(w, xp, lanes, xq, K, sx, lds, a, b, y, ldy);
           });

@@ -17,9 +17,9 @@
 ///
 /// Roofline (M = 1, per 32 weight bytes, Zen 1 counts 256-bit ops as 2 µops): int8 5 ops (abs,
 /// sign, 2 multiplies, add) vs 12 for the fp32-decode kernel of gemv_avx2.hpp; int4 (64 weights)
-/// ~14 ops vs ~36. The multiplies issue on one pipe: 2 (int8) or 3 (int4) per 32 bytes bound a
-/// core at ~8 and ~5 bytes per cycle, above the DRAM share of a core; so the target is the
-/// triad bandwidth. Measured: docs/performance.md.
+/// ~13 ops vs ~36. The multiplies issue on one pipe: 2 (int8) or 3 (int4; 4 with a zero point)
+/// per 32 bytes bound a core at ~8 and ~5 bytes per cycle, above the DRAM share of a core; so
+/// the target is the triad bandwidth. Measured: docs/performance.md.
 
 #include <algorithm>
 #include <cstdint>
@@ -66,6 +66,7 @@ void gemv_a8_avx2_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx, 
         __m256i xv[M];
         MOELA_UNROLL for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * ldx + k));
         MOELA_UNROLL for (int r = 0; r < R; ++r) {
+          prefetch_ahead(rows[r] + k);
           const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + k));
           const __m256i u = _mm256_abs_epi8(c);
           MOELA_UNROLL for (int m = 0; m < M; ++m) {
@@ -95,9 +96,11 @@ void gemv_a8_avx2_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx, 
 
 /// Activation layout of the int4 kernel: within each 64-wide chunk, xp[c + i] = xq[c + 2i] and
 /// xp[c + 32 + i] = xq[c + 2i + 1] (i < 32), the order of the low and high nibbles of a 32-byte
-/// load; `lane_sums[c / 8 + j]` = Σ xq[c + 8j .. c + 8j + 7], the activations that 32-bit lane j
-/// of a chunk's products covers. A last partial chunk is left to the scalar tail.
-inline void a8_int4_prepare(const std::int8_t* xq, index_t K, std::int8_t* xp, std::int32_t* lane_sums) {
+/// load; `lane_sums[c / 8 + j]` = `mul` · Σ xq[c + 8j .. c + 8j + 7], the activations that 32-bit
+/// lane j of a chunk's products covers (`mul` = 8, the offset of signed codes, for symmetric
+/// formats, so the kernel subtracts it without a multiply; 1 with a zero point per group). A
+/// last partial chunk is left to the scalar tail.
+inline void a8_int4_prepare(const std::int8_t* xq, index_t K, std::int32_t mul, std::int8_t* xp, std::int32_t* lane_sums) {
   for (index_t c = 0; c + 64 <= K; c += 64) {
     for (index_t i = 0; i < 32; ++i) {
       xp[c + i] = xq[c + 2 * i];
@@ -106,13 +109,18 @@ inline void a8_int4_prepare(const std::int8_t* xq, index_t K, std::int8_t* xp, s
     for (index_t j = 0; j < 8; ++j) {
       std::int32_t s = 0;
       for (index_t t = 0; t < 8; ++t) s += xq[c + 8 * j + t];
-      lane_sums[c / 8 + j] = s;
+      lane_sums[c / 8 + j] = mul * s;
     }
   }
 }
 
+/// The `mul` argument of a8_int4_prepare for format F.
+template <class F>
+inline constexpr std::int32_t a8_int4_lane_mul = F::has_zero ? 1 : 8;
+
 /// y[m, n] for n in [n0, n1), int4_group weights. `xp`/`lane_sums`: a8_int4_prepare'd rows
-/// (strides ldx and ldx / 8); `xq`: the unpermuted codes (for the tail); `sx`: group scales.
+/// (strides ldx and ldx / 8, `mul` = a8_int4_lane_mul<F>); `xq`: the unpermuted codes (for the
+/// tail); `sx`: group scales.
 template <class F, int M>
 void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const std::int32_t* lane_sums, const std::int8_t* xq,
                        index_t ldx, const float* sx, index_t lds, index_t n0, index_t n1, float* y, index_t ldy) {
@@ -121,7 +129,6 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const std::in
   const index_t K = w.cols(), ng = K / G, kfull = K / 64 * 64;
   const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   const __m256i flip = _mm256_set1_epi8(F::has_zero ? 0 : static_cast<char>(0x88));
-  const __m256i eight = _mm256_set1_epi32(8);
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
     const std::uint8_t* rows[R];
@@ -143,11 +150,12 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const std::in
         xs[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lane_sums + m * (ldx / 8) + c / 8));
       }
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
+        prefetch_ahead(rows[r] + c / 2);
         const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + c / 2)), flip);
         const __m256i lo = _mm256_and_si256(v, mask), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
         // Lane j covers codes c + 8j .. c + 8j + 7, i.e. weight group (c + 8j) / G.
         __m256 sw;
-        __m256i z = eight;
+        [[maybe_unused]] __m256i z;
         if constexpr (G == 32) {
           const float s0 = quant::detail::scale_to_float(srow[r][c / G]);
           const float s1 = quant::detail::scale_to_float(srow[r][c / G + 1]);
@@ -162,8 +170,11 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const std::in
         }
         MOELA_UNROLL for (int m = 0; m < M; ++m) {
           const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo[m]), _mm256_maddubs_epi16(hi, xhi[m]));
-          // Σ u q - z Σ q per lane (|Σ q| <= 8 * 127 and z <= 15 fit the 16-bit multiply of vpmaddwd).
-          const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(p, ones), _mm256_madd_epi16(xs[m], z));
+          // Σ u q - z Σ q per lane: z Σ q is precomputed for symmetric codes (z = 8); a zero point
+          // multiplies Σ q here (|Σ q| <= 8 * 127 and z <= 15 fit vpmaddwd's 16-bit operands).
+          __m256i zq = xs[m];
+          if constexpr (F::has_zero) zq = _mm256_madd_epi16(xs[m], z);
+          const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(p, ones), zq);
           const __m256 s = _mm256_mul_ps(sw, _mm256_set1_ps(sx[m * lds + c / a8_group]));
           total[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, total[r][m]);
         }
