@@ -290,6 +290,49 @@ TEST_CASE_TEMPLATE("int8 activations (W8A8 / W4A8) equal the float64 integer ref
   }
 }
 
+TEST_CASE_TEMPLATE("int8_activation_rows: quantized once, then the same result as the int8_activations mode", F,
+                   q::int8_rowwise<>, q::int8_group<64>, q::int4_group<32>, q::int4_group_asym<64>) {
+  std::mt19937 rng(31);
+  const index_t k = odd_k<F>() == 301 ? 301 : 192;
+  const auto w1 = qmatrix<F>::quantize(random_matrix(rng, 37, k, 0.05f).cview());
+  const auto w2 = qmatrix<F>::quantize(random_matrix(rng, 9, k, 0.05f).cview());
+  q::int8_activation_rows xq;  // one object, reassigned: its buffers grow and are reused
+  for (index_t m : {index_t{3}, index_t{1}, index_t{2}, index_t{4}, index_t{17}, index_t{0}}) {
+    CAPTURE(m);
+    const auto x = random_matrix(rng, m, k);
+    xq.assign(x.cview());
+    REQUIRE(xq.rows() == m);
+    REQUIRE(xq.cols() == k);
+    // Codes and scales are the grouped quantizer's.
+    tensor<std::int8_t, 2> codes({m, k});
+    tensor<float, 2> scales({m, (k + 127) / 128});
+    q::quantize_activations_int8(x.cview(), codes.view(), scales.view(), q::int8_activation_group);
+    int same_codes = 0, same_scales = 0;
+    for (index_t i = 0; i < m; ++i) {
+      for (index_t c = 0; c < k; ++c) same_codes += xq.codes()(i, c) == codes(i, c);
+      for (index_t g = 0; g < scales.extent(1); ++g) same_scales += xq.scales()(i, g) == scales(i, g);
+    }
+    CHECK(same_codes == m * k);
+    CHECK(same_scales == m * scales.extent(1));
+    // Both weights from the one quantization, bit for bit what the mode gives.
+    for (const auto* w : {&w1, &w2}) {
+      tensor<float, 2> y({m, w->rows()}), want({m, w->rows()});
+      matmul(y.view(), xq, *w);
+      matmul(want.view(), x.cview(), *w, q::mode::int8_activations{});
+      int same = 0;
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < w->rows(); ++j) same += y(i, j) == want(i, j);
+      CHECK(same == m * w->rows());
+    }
+  }
+  // Shape errors name the shapes.
+  xq.assign(random_matrix(rng, 2, k + 1).cview());
+  tensor<float, 2> y({2, w1.rows()});
+  CHECK_THROWS_WITH_AS(matmul(y.view(), xq, w1), doctest::Contains("K must match"), moela::error);
+  xq.assign(random_matrix(rng, 3, k).cview());
+  CHECK_THROWS_WITH_AS(matmul(y.view(), xq, w1), doctest::Contains("was expected"), moela::error);
+}
+
 TEST_CASE("with_mode: int4_group_a8 defaults to int8 activations, fast still selectable") {
   std::mt19937 rng(8);
   const index_t n = 70, k = 256;

@@ -9,6 +9,8 @@
 ///   moela::matmul(moela::cpu<>{}, y, x, w);                   // same, backend named
 ///   moela::matmul(y, x_bf16, w);                              // bf16 activations
 ///   moela::matmul(y, x, w_fp8, moela::quant::fp8_mode::faithful{});  // DeepSeek W8A8 FP8 numerics
+///   moela::quant::int8_activation_rows xq(x);                 // int8 activations, quantized once,
+///   moela::matmul(y, xq, w_int4);                             // for several int8/int4 weights
 /// \endcode
 ///
 /// Modes (tags in moela::quant::mode, also named quant::fp8_mode):
@@ -81,18 +83,10 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
   } else if constexpr (std::is_same_v<Mode, quant::mode::int8_activations>) {
     static_assert(quant::integer_format<Format>,
                   "matmul: mode::int8_activations needs an int8 or int4 weight (int8_rowwise, int8_group, int4_group)");
-    constexpr index_t g = quant::int8_activation_group;
-    const index_t k = w.cols(), kb = (k + g - 1) / g;
     // The calling thread's buffers (decode calls this per token), grown once and reused.
-    thread_local std::vector<std::int8_t> q_buf;
-    thread_local std::vector<float> s_buf;
-    if (q_buf.size() < static_cast<std::size_t>(m * k)) q_buf.resize(static_cast<std::size_t>(m * k));
-    if (s_buf.size() < static_cast<std::size_t>(m * kb)) s_buf.resize(static_cast<std::size_t>(m * kb));
-    std::int8_t* q = q_buf.data();
-    float* xs = s_buf.data();
-    quant::quantize_activations_int8(const_view<float, 2>(x, {m, k}, {ldx, 1}), tensor_view<std::int8_t, 2>(q, {m, k}),
-                                     tensor_view<float, 2>(xs, {m, kb}), g);
-    qgemm_a8<Arch, Format>(y.data(), ldy, q, xs, m, w);
+    thread_local quant::int8_activation_rows xq;
+    xq.assign(const_view<float, 2>(x, {m, w.cols()}, {ldx, 1}));
+    qgemm_a8<Arch, Format>(y.data(), ldy, xq.codes().data(), xq.scales().data(), m, w);
   } else {
     static_assert(std::is_same_v<Mode, quant::mode::fast>, "matmul: unknown mode tag");
     qgemm<Arch, Format, false>(y.data(), ldy, x, ldx, m, w, nullptr);
@@ -131,6 +125,27 @@ void matmul(cpu<A>, tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const
     }
   }
   detail::matmul_f32<A, Format, Mode>(y, xf.data(), k, m, w);
+}
+
+/// `y = dequant(xq) · Wᵀ` on the CPU backend for activations quantized beforehand
+/// (`quant::int8_activation_rows`) and an int8 or int4 weight: the same result as
+/// `matmul(y, x, W, quant::mode::int8_activations{})` on the rows `xq` was made from, without
+/// quantizing them again (share one `xq` between the weights that multiply the same rows).
+/// Shapes: `xq` `[M, K]`, y `[M, N]`; errors as for fp32 activations.
+template <class A, class Format>
+void matmul(cpu<A>, tensor_view<float, 2> y, const quant::int8_activation_rows& xq, const qmatrix<Format>& w) {
+  static_assert(quant::integer_format<Format>,
+                "matmul: int8 activations need an int8 or int4 weight (int8_rowwise, int8_group, int4_group)");
+  detail::check_matmul_shapes(y, xq.codes(), w);
+  const index_t m = xq.rows();
+  if (m == 0) return;
+  detail::qgemm_a8<A, Format>(y.data(), m > 1 ? y.stride(0) : w.rows(), xq.codes().data(), xq.scales().data(), m, w);
+}
+
+/// `y = dequant(xq) · Wᵀ` on the default backend (`cpu<>`).
+template <class Format>
+void matmul(tensor_view<float, 2> y, const quant::int8_activation_rows& xq, const qmatrix<Format>& w) {
+  matmul(cpu<>{}, y, xq, w);
 }
 
 /// `y = x · Wᵀ` on the default backend (`cpu<>`), fp32 activations.

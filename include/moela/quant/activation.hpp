@@ -20,6 +20,11 @@
 /// side of `quant::mode::int8_activations`, group 128): `scale[M, ceil(K / group)]`; a shorter
 /// last group covers the rest of the row.
 ///
+/// `int8_activation_rows`: `x[M, K]` quantized once with the grouped INT8 quantizer (group
+/// `int8_activation_group`), kept for several `matmul(y, xq, W)` calls with int8/int4 weights
+/// (moela/ops/matmul.hpp): the numerics of `mode::int8_activations` without quantizing the same
+/// rows again for every weight.
+///
 /// Errors (`moela::error`): shape mismatches, group <= 0.
 /// \code
 ///   moela::tensor<moela::fp8_e4m3, 2> q({m, k});
@@ -162,5 +167,44 @@ inline void quantize_activations_int8(const_view<float, 2> x, tensor_view<std::i
   tensor_view<float, 2> s2(scale.data(), {m, 1}, {scale.stride(0), 1});
   quantize_activations_int8(x, q, s2, k);
 }
+
+/// Activations `x[M, K]` quantized to INT8 in 1 x `int8_activation_group` groups, ready for
+/// `matmul(y, xq, W)` with int8/int4 weights as often as needed. `assign` quantizes new rows into
+/// the same buffers, which grow on demand and never shrink (no allocation in a decode loop once
+/// sized). Codes `[M, K]` and scales `[M, ceil(K / 128)]` are row-contiguous.
+/// \code
+///   moela::quant::int8_activation_rows xq(x);   // once per token block
+///   moela::matmul(gate_out, xq, w_gate);        // int8_rowwise / int8_group / int4_group weights
+///   moela::matmul(up_out, xq, w_up);
+/// \endcode
+class int8_activation_rows {
+ public:
+  int8_activation_rows() = default;
+  explicit int8_activation_rows(const_view<float, 2> x) { assign(x); }
+
+  /// Quantizes `x` (any strides) into this object's buffers, replacing what they held.
+  void assign(const_view<float, 2> x) {
+    rows_ = x.extent(0);
+    cols_ = x.extent(1);
+    scale_cols_ = (cols_ + int8_activation_group - 1) / int8_activation_group;
+    const auto nq = static_cast<std::size_t>(rows_ * cols_), ns = static_cast<std::size_t>(rows_ * scale_cols_);
+    if (codes_.size() < nq) codes_.resize(nq);
+    if (scales_.size() < ns) scales_.resize(ns);
+    quantize_activations_int8(x, tensor_view<std::int8_t, 2>(codes_.data(), {rows_, cols_}),
+                              tensor_view<float, 2>(scales_.data(), {rows_, scale_cols_}), int8_activation_group);
+  }
+
+  index_t rows() const { return rows_; }
+  index_t cols() const { return cols_; }
+  /// The int8 codes, `[rows, cols]`.
+  const_view<std::int8_t, 2> codes() const { return const_view<std::int8_t, 2>(codes_.data(), {rows_, cols_}); }
+  /// One scale per group of 128 columns, `[rows, ceil(cols / 128)]`; value = code * scale.
+  const_view<float, 2> scales() const { return const_view<float, 2>(scales_.data(), {rows_, scale_cols_}); }
+
+ private:
+  index_t rows_ = 0, cols_ = 0, scale_cols_ = 0;
+  std::vector<std::int8_t> codes_;
+  std::vector<float> scales_;
+};
 
 }  // namespace moela::quant
