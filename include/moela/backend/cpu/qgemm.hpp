@@ -201,6 +201,35 @@ struct tile_table {
   static constexpr std::array<fn, tile_mr * tile_nr> table = make(std::make_integer_sequence<int, tile_mr * tile_nr>{});
 };
 
+/// Register tile of the GEMM path (M > 4): `gemm_mr` rows of x times a packed panel of
+/// `gemm_nrv` vectors of weight rows. Roofline per k: gemm_nrv vector loads and gemm_mr
+/// broadcasts feed gemm_mr * gemm_nrv = 12 independent FMAs, so the FMA units, not the loads
+/// (2 per cycle), bound it; 12 + 2 + 1 registers of the 16.
+inline constexpr int gemm_mr = 6, gemm_nrv = 2;
+template <class Arch>
+inline constexpr index_t gemm_nr = gemm_nrv * static_cast<index_t>(xsimd::batch<float, Arch>::size);
+
+/// tile[i * NR + j] = Σ_k ap[k * gemm_mr + i] · bp[k * NR + j], i < gemm_mr, j < NR = gemm_nr<Arch>,
+/// k < kc. `ap`: a packed panel of x (kc rows of gemm_mr values, read by broadcast); `bp`: a
+/// packed weight panel (kc rows of NR consecutive output columns).
+template <class Arch>
+void gemm_tile(index_t kc, const float* ap, const float* bp, float* tile) {
+  using B = xsimd::batch<float, Arch>;
+  constexpr index_t L = static_cast<index_t>(B::size), NR = gemm_nrv * L;
+  B acc[gemm_mr][gemm_nrv];
+  MOELA_UNROLL for (int i = 0; i < gemm_mr; ++i) MOELA_UNROLL for (int v = 0; v < gemm_nrv; ++v) acc[i][v] = B(0.0f);
+  for (index_t k = 0; k < kc; ++k) {
+    B bv[gemm_nrv];
+    MOELA_UNROLL for (int v = 0; v < gemm_nrv; ++v) bv[v] = B::load_unaligned(bp + k * NR + v * L);
+    MOELA_UNROLL for (int i = 0; i < gemm_mr; ++i) {
+      const B av(ap[k * gemm_mr + i]);
+      MOELA_UNROLL for (int v = 0; v < gemm_nrv; ++v) acc[i][v] = xsimd::fma(av, bv[v], acc[i][v]);
+    }
+  }
+  MOELA_UNROLL for (int i = 0; i < gemm_mr; ++i) MOELA_UNROLL for (int v = 0; v < gemm_nrv; ++v)
+    acc[i][v].store_unaligned(tile + i * NR + v * L);
+}
+
 /// A per-thread scratch buffer, grown once (never inside a kernel's loops) and reused.
 inline float* scratch_floats(std::size_t n) {
   thread_local std::vector<float> buf;
@@ -253,14 +282,94 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
     }
   }
 #endif
-  const index_t kc = Faithful ? 128 : std::min<index_t>(512, (K + 127) / 128 * 128);
-  const index_t nc = M <= 4 ? 8 : 48;
-  const index_t nblocks = (N + nc - 1) / nc;
   const index_t kb_count = (K + 127) / 128;
+  // Adds the tile of partial sums `t` (rows m0.., columns n0.. of y, row stride `ts`) over K block
+  // [k0, ..): stores at k0 = 0; faithful mode scales each 128-wide block's sums (x scale per row,
+  // W scale per 128 x 128 block) before adding.
+  auto add_tile = [&](const float* t, index_t ts, index_t m0, index_t mr, index_t n0, index_t nr, index_t k0) {
+    for (index_t i = 0; i < mr; ++i) {
+      float* yr = y + (m0 + i) * ldy + n0;
+      const float* ti = t + i * ts;
+      if constexpr (Faithful) {
+        const index_t kb = k0 / 128;
+        const float sx = xs[(m0 + i) * kb_count + kb];
+        for (index_t j = 0; j < nr; ++j) {
+          const float v = (ti[j] * sx) * w.scale_data()[((n0 + j) / 128) * w.scale_cols() + kb];
+          yr[j] = k0 == 0 ? v : yr[j] + v;
+        }
+      } else if (k0 == 0) {
+        for (index_t j = 0; j < nr; ++j) yr[j] = ti[j];
+      } else {
+        for (index_t j = 0; j < nr; ++j) yr[j] += ti[j];
+      }
+    }
+  };
+  if (M > 4) {
+    // GEMM: blocks of nc weight rows split over threads; per K block of kc, the rows are decoded
+    // (exactly once per call) and packed into panels of NR columns (kc x NR, k-major), which the
+    // register tile sweeps for every gemm_mr rows of x. Per thread: a packed block of kc x nc
+    // floats (192 KiB, L2) and a panel of x (12 KiB, L1).
+    constexpr index_t NR = gemm_nr<Arch>;
+    // x packed once per call into panels of gemm_mr rows, k-major (xp[panel][k][i]): the
+    // broadcasts then read one contiguous stream instead of gemm_mr rows K floats apart (which
+    // share L1 sets when K * 4 bytes is a multiple of 4 KiB). Rows past M repeat the last row.
+    const index_t mpanels = (M + gemm_mr - 1) / gemm_mr;
+    thread_local std::vector<float> xpack_buf;  // the calling thread's, grown once, shared with the workers
+    if (xpack_buf.size() < static_cast<std::size_t>(mpanels * gemm_mr * K))
+      xpack_buf.resize(static_cast<std::size_t>(mpanels * gemm_mr * K));
+    float* xpack = xpack_buf.data();
+    parallel_for(mpanels, [&](index_t p0, index_t p1) {
+      for (index_t p = p0; p < p1; ++p)
+        for (index_t i = 0; i < gemm_mr; ++i) {
+          const float* xr = x + std::min(p * gemm_mr + i, M - 1) * ldx;
+          float* dst = xpack + p * gemm_mr * K + i;
+          for (index_t k = 0; k < K; ++k) dst[k * gemm_mr] = xr[k];
+        }
+    });
+    const index_t kc = Faithful ? 128 : 512;
+    constexpr index_t block_panels = 6;  // nc = 6 NR weight rows decoded per K block
+    const index_t npanels_all = (N + NR - 1) / NR;
+    // Each thread gets a contiguous, equal share of the panels (the static split) and walks it
+    // in blocks of block_panels, so no thread is left with a whole extra block.
+    parallel_for(npanels_all, [&](index_t q0, index_t q1) {
+      float* rowbuf = scratch_floats(static_cast<std::size_t>(kc + block_panels * NR * kc));  // one decoded row, the packed block
+      float* packed = rowbuf + kc;
+      alignas(64) float tile[gemm_mr * NR];
+      for (index_t qb = q0; qb < q1; qb += block_panels) {
+        const index_t n0 = qb * NR, nn = std::min(N, std::min(q1, qb + block_panels) * NR) - n0;
+        const index_t npanels = (nn + NR - 1) / NR;
+        for (index_t k0 = 0; k0 < K; k0 += kc) {
+          const index_t len = std::min(K, k0 + kc) - k0;
+          for (index_t j = 0; j < npanels * NR; ++j) {
+            float* dst = packed + (j / NR) * kc * NR + j % NR;
+            if (j < nn) {
+              const float* r = decode_segment<Arch>(w, n0 + j, k0, k0 + len, rowbuf, !Faithful);
+              for (index_t k = 0; k < len; ++k) dst[k * NR] = r[k];
+            } else {  // columns past N: zeros (their sums are not stored)
+              for (index_t k = 0; k < len; ++k) dst[k * NR] = 0.0f;
+            }
+          }
+          for (index_t m0 = 0; m0 < M; m0 += gemm_mr) {
+            const index_t mr = std::min<index_t>(gemm_mr, M - m0);
+            const float* ap = xpack + m0 * K + k0 * gemm_mr;
+            for (index_t p = 0; p < npanels; ++p) {
+              gemm_tile<Arch>(len, ap, packed + p * kc * NR, tile);
+              add_tile(tile, NR, m0, mr, n0 + p * NR, std::min(NR, nn - p * NR), k0);
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  // M <= 4 without the AVX2 kernels (portable builds): dot products along K, 4 x 3 tiles.
+  const index_t kc = Faithful ? 128 : std::min<index_t>(512, (K + 127) / 128 * 128);
+  const index_t nc = 8;
+  const index_t nblocks = (N + nc - 1) / nc;
   const auto& tiles = tile_table<Arch>::table;
   parallel_for(nblocks, [&](index_t b0, index_t b1) {
     float* buf = scratch_floats(static_cast<std::size_t>(nc * kc));
-    const float* rows[48];
+    const float* rows[nc];
     float sums[tile_mr * tile_nr];
     for (index_t nb = b0; nb < b1; ++nb) {
       const index_t n0 = nb * nc, nn = std::min(N, n0 + nc) - n0;
@@ -274,19 +383,7 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
           for (index_t j0 = 0; j0 < nn; j0 += tile_nr) {
             const index_t nr = std::min<index_t>(tile_nr, nn - j0);
             tiles[static_cast<std::size_t>((mr - 1) * tile_nr + (nr - 1))](len, a, rows + j0, sums);
-            for (index_t i = 0; i < mr; ++i) {
-              float* yr = y + (m0 + i) * ldy + n0 + j0;
-              for (index_t j = 0; j < nr; ++j) {
-                const float s = sums[i * nr + j];
-                if constexpr (Faithful) {
-                  const index_t kb = k0 / 128;
-                  const float v = (s * xs[(m0 + i) * kb_count + kb]) * w.scale_data()[((n0 + j0 + j) / 128) * w.scale_cols() + kb];
-                  yr[j] = k0 == 0 ? v : yr[j] + v;
-                } else {
-                  yr[j] = k0 == 0 ? s : yr[j] + s;
-                }
-              }
-            }
+            add_tile(sums, nr, m0, mr, n0 + j0, nr, k0);
           }
         }
       }
