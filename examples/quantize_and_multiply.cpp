@@ -1,7 +1,8 @@
 // Quantized weights with moela's public headers: borrow a DeepSeek-style FP8 weight straight
 // out of a safetensors checkpoint (zero copy), multiply in the fast and the DeepSeek-faithful
 // FP8 modes, re-quantize the same weight to other formats and compare size and error, with
-// fp32 activations (weight-only quantization) and with int8 activations (W8A8 / W4A8).
+// fp32 activations (weight-only quantization) and with int8 activations (W8A8 / W4A8), the
+// latter also quantized once and shared by two weights (quant::int8_activation_rows).
 //
 // usage: quantize_and_multiply [model.safetensors] [tensor name]
 // ctest-args: examples/models/tiny-fortunes-fp8/model.safetensors model.layers.0.mlp.down_proj.weight
@@ -90,7 +91,19 @@ int main(int argc, char** argv) {
     report<q::int8_group<64>>("int8_group<64>", w_f32, x, y_ref);
     report<q::int4_group<32>>("int4_group<32>", w_f32, x, y_ref);
     report<q::int4_group_asym<64>>("int4_group_asym<64>", w_f32, x, y_ref);
-    const bool ok = rel_err(y_fast, y_ref) < 1e-5 && rel_err(y_faithful, y_ref) < 0.2 && same_w8a8;
+    // 5. Activations quantized once for several int8/int4 weights (what the MoE experts do per
+    //    token block): the same result as the int8_activations mode, one quantization.
+    const auto w_int8 = moela::qmatrix<q::int8_rowwise<>>::quantize(w_f32.cview());
+    const auto w_int4 = moela::qmatrix<q::int4_group<32>>::quantize(w_f32.cview());
+    const q::int8_activation_rows xq(x.cview());
+    moela::tensor<float, 2> y8({3, w.rows()}), y4({3, w.rows()}), y4_mode({3, w.rows()});
+    moela::matmul(y8.view(), xq, w_int8);
+    moela::matmul(y4.view(), xq, w_int4);
+    moela::matmul(y4_mode.view(), x.cview(), w_int4, q::mode::int8_activations{});
+    const bool same_a8 = rel_err(y4, y4_mode) == 0;
+    std::printf("one int8_activation_rows for int8 and int4 weights: errors %.2e, %.2e; %s the mode\n",
+                rel_err(y8, y_ref), rel_err(y4, y_ref), same_a8 ? "equals" : "DIFFERS FROM");
+    const bool ok = rel_err(y_fast, y_ref) < 1e-5 && rel_err(y_faithful, y_ref) < 0.2 && same_w8a8 && same_a8;
     std::printf("%s\n", ok ? "ok" : "UNEXPECTED ERROR LEVEL");
     return ok ? 0 : 1;
   } catch (const moela::error& e) {
