@@ -124,19 +124,22 @@ class expert_runner {
       h_.resize(total);
       u_.resize(total);
     }
+    // Job j's hidden state h [m, I].
+    auto h_of = [&](std::size_t j) {
+      return const_view<float, 2>(h_.data() + h_off_[j], {jobs[j].x.extent(0), jobs[j].ffn->inter});
+    };
+    // Int8-activation formats: quantize every job's rows once (`to[j] = quantized rows_of(j)`).
     constexpr bool int8_x = std::is_same_v<quant::default_mode_t<Format>, quant::mode::int8_activations>;
-    if constexpr (int8_x) {
-      if (xq_.size() < jobs.size()) {
-        xq_.resize(jobs.size());
-        hq_.resize(jobs.size());
-      }
+    [[maybe_unused]] auto quantize_jobs = [&](std::vector<quant::int8_activation_rows>& to, auto rows_of) {
+      if (to.size() < jobs.size()) to.resize(jobs.size());
       parallel_for(
           static_cast<index_t>(jobs.size()),
           [&](index_t j0, index_t j1) {
-            for (index_t j = j0; j < j1; ++j) xq_[static_cast<std::size_t>(j)].assign(jobs[static_cast<std::size_t>(j)].x);
+            for (index_t j = j0; j < j1; ++j) to[static_cast<std::size_t>(j)].assign(rows_of(static_cast<std::size_t>(j)));
           },
           1);
-    }
+    };
+    if constexpr (int8_x) quantize_jobs(xq_, [&](std::size_t j) { return jobs[j].x; });
     // Phase 1: gate and up chunks, then silu(gate) * up on the chunk.
     parallel_for(
         static_cast<index_t>(tasks1_.size()),
@@ -149,29 +152,18 @@ class expert_runner {
             float* hb = h_.data() + h_off_[static_cast<std::size_t>(j)];
             float* ub = u_.data() + h_off_[static_cast<std::size_t>(j)];
             tensor_view<float, 2> g(hb + r0, {m, r1 - r0}, {f.inter, 1}), u(ub + r0, {m, r1 - r0}, {f.inter, 1});
-            if constexpr (int8_x) {
-              matmul(cpu<Arch>{}, g, xq_[static_cast<std::size_t>(j)], f.gate[static_cast<std::size_t>(c)]);
-              matmul(cpu<Arch>{}, u, xq_[static_cast<std::size_t>(j)], f.up[static_cast<std::size_t>(c)]);
-            } else {
-              matmul(cpu<Arch>{}, g, jb.x, f.gate[static_cast<std::size_t>(c)]);
-              matmul(cpu<Arch>{}, u, jb.x, f.up[static_cast<std::size_t>(c)]);
-            }
+            const auto& in = [&]() -> decltype(auto) {
+              if constexpr (int8_x) return (xq_[static_cast<std::size_t>(j)]);
+              else return (jb.x);
+            }();
+            matmul(cpu<Arch>{}, g, in, f.gate[static_cast<std::size_t>(c)]);
+            matmul(cpu<Arch>{}, u, in, f.up[static_cast<std::size_t>(c)]);
             for (index_t i = 0; i < m; ++i)
               moela::detail::swiglu_kernel<Arch>(&g(i, 0), &g(i, 0), &u(i, 0), static_cast<std::size_t>(r1 - r0));
           }
         },
         1);
-    if constexpr (int8_x) {
-      parallel_for(
-          static_cast<index_t>(jobs.size()),
-          [&](index_t j0, index_t j1) {
-            for (index_t j = j0; j < j1; ++j) {
-              const auto jj = static_cast<std::size_t>(j);
-              hq_[jj].assign(const_view<float, 2>(h_.data() + h_off_[jj], {jobs[jj].x.extent(0), jobs[jj].ffn->inter}));
-            }
-          },
-          1);
-    }
+    if constexpr (int8_x) quantize_jobs(hq_, h_of);
     // Phase 2: down chunks over the whole h of the job.
     parallel_for(
         static_cast<index_t>(tasks2_.size()),
@@ -180,14 +172,12 @@ class expert_runner {
             const auto [j, c] = tasks2_[static_cast<std::size_t>(t)];
             const auto& jb = jobs[static_cast<std::size_t>(j)];
             const auto& f = *jb.ffn;
-            const index_t m = jb.x.extent(0), r0 = c * f.chunk, r1 = std::min(f.hidden, r0 + f.chunk);
+            const index_t r0 = c * f.chunk, r1 = std::min(f.hidden, r0 + f.chunk);
             tensor_view<float, 2> o = jb.out.slice(1, r0, r1);
-            if constexpr (int8_x) {
+            if constexpr (int8_x)
               matmul(cpu<Arch>{}, o, hq_[static_cast<std::size_t>(j)], f.down[static_cast<std::size_t>(c)]);
-            } else {
-              const_view<float, 2> h(h_.data() + h_off_[static_cast<std::size_t>(j)], {m, f.inter});
-              matmul(cpu<Arch>{}, o, h, f.down[static_cast<std::size_t>(c)]);
-            }
+            else
+              matmul(cpu<Arch>{}, o, h_of(static_cast<std::size_t>(j)), f.down[static_cast<std::size_t>(c)]);
           }
         },
         1);
