@@ -66,6 +66,14 @@ void check_matmul_shapes(const tensor_view<float, 2>& y, const tensor_view<const
         y.stride(1), ")");
 }
 
+/// y = dequant(xq) · Wᵀ, shapes already checked: the one path of int8 activations.
+template <class Arch, class Format>
+void matmul_int8_rows(tensor_view<float, 2> y, const quant::int8_activation_rows& xq, const qmatrix<Format>& w) {
+  const index_t m = xq.rows();
+  if (m == 0) return;
+  qgemm_a8<Arch, Format>(y.data(), m > 1 ? y.stride(0) : w.rows(), xq.codes().data(), xq.scales().data(), m, w);
+}
+
 template <class Arch, class Format, class Mode>
 void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m, const qmatrix<Format>& w) {
   if (m == 0) return;
@@ -86,7 +94,7 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
     // The calling thread's buffers (decode calls this per token), grown once and reused.
     thread_local quant::int8_activation_rows xq;
     xq.assign(const_view<float, 2>(x, {m, w.cols()}, {ldx, 1}));
-    qgemm_a8<Arch, Format>(y.data(), ldy, xq.codes().data(), xq.scales().data(), m, w);
+    matmul_int8_rows<Arch>(y, xq, w);
   } else {
     static_assert(std::is_same_v<Mode, quant::mode::fast>, "matmul: unknown mode tag");
     qgemm<Arch, Format, false>(y.data(), ldy, x, ldx, m, w, nullptr);
@@ -137,9 +145,7 @@ void matmul(cpu<A>, tensor_view<float, 2> y, const quant::int8_activation_rows& 
   static_assert(quant::integer_format<Format>,
                 "matmul: int8 activations need an int8 or int4 weight (int8_rowwise, int8_group, int4_group)");
   detail::check_matmul_shapes(y, xq.codes(), w);
-  const index_t m = xq.rows();
-  if (m == 0) return;
-  detail::qgemm_a8<A, Format>(y.data(), m > 1 ? y.stride(0) : w.rows(), xq.codes().data(), xq.scales().data(), m, w);
+  detail::matmul_int8_rows<A>(y, xq, w);
 }
 
 /// `y = dequant(xq) · Wᵀ` on the default backend (`cpu<>`).
