@@ -35,21 +35,6 @@ MOELA_ALWAYS_INLINE float hsum_ps(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
-/// Software prefetch of a weight stream, `gemv_prefetch_bytes` ahead of `p`. Rows are contiguous,
-/// so near a row's end this reaches into the rows of the kernel's next pass: it starts their
-/// streams before the hardware prefetcher, which re-learns each new row set, would. Used by the
-/// integer-activation kernels (gemv_a8_avx2.hpp), which need fewer instructions per byte than
-/// DRAM delivers to one core; there, on rows of 1-2 KiB (K = 2048), it took int4 from 8.6-10.5
-/// to 12.9-14.8 GB/s and int8 from 12.1-12.7 to 13-16 GB/s (2 threads; 1 KiB and 2 KiB ahead
-/// gained less). The fp32-decode kernels here are bound by their decode instructions, and the
-/// same prefetch moved them within noise, either way.
-inline constexpr std::size_t gemv_prefetch_bytes = 4096;
-MOELA_ALWAYS_INLINE void prefetch_ahead(const void* p) {
-  // An address, not a pointer into the array: past a matrix's end it points at nothing (a
-  // prefetch never faults), and integer arithmetic keeps that well defined.
-  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + gemv_prefetch_bytes), _MM_HINT_T0);
-}
-
 /// NaN bookkeeping of the E4M3 kernels: the running byte-wise maximum of the codes' magnitudes
 /// (code & 0x7F), which reaches 0x7F exactly when a NaN code was seen. Two ops per load of up
 /// to 16 codes; load8/load16 decode NaN codes to finite values, so the kernel needs this.
