@@ -39,11 +39,13 @@ inline constexpr index_t a8_group = quant::int8_activation_group;
 /// Software prefetch of a weight stream, `gemv_prefetch_bytes` ahead of `p`. Rows are contiguous,
 /// so near a row's end this reaches into the rows of the kernel's next pass: it starts their
 /// streams before the hardware prefetcher, which re-learns each new row set, would. The kernels
-/// below need fewer instructions per byte than DRAM delivers to one core; on rows of 1-2 KiB
-/// (K = 2048) it took int4 from 8.6-10.5 to 12.9-14.8 GB/s and int8 from 12.1-12.7 to 13-16 GB/s
-/// (2 threads; 1 KiB and 2 KiB ahead gained less). The fp32-decode kernels of gemv_avx2.hpp are
-/// bound by their decode instructions; the same prefetch moved them within noise, either way.
-inline constexpr std::size_t gemv_prefetch_bytes = 4096;
+/// below need fewer instructions per byte than DRAM delivers to one core. On rows of 1-2 KiB
+/// (K = 2048), 4 KiB ahead took int4 from 8.6-10.5 to 12.9-14.8 GB/s and int8 from 12.1-12.7 to
+/// 13-16 GB/s (2 threads); 8 KiB, the int8 kernel's whole 4-row pass at K = 2048, took int8 on to
+/// 17-20 GB/s on every shape and int4 up by 5-10% (16 KiB lost again, 1-2 KiB gained less). The
+/// fp32-decode kernels of gemv_avx2.hpp are bound by their decode instructions; a prefetch moved
+/// them within noise, either way.
+inline constexpr std::size_t gemv_prefetch_bytes = 8192;
 MOELA_ALWAYS_INLINE void prefetch_ahead(const void* p) {
   // An address, not a pointer into the array: past a matrix's end it points at nothing (a
   // prefetch never faults), and integer arithmetic keeps that well defined.
