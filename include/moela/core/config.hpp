@@ -14,9 +14,12 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define MOELA_ALWAYS_INLINE inline __attribute__((always_inline))
+/// For lambdas: `[&](int i) MOELA_ALWAYS_INLINE_LAMBDA { ... }`.
+#define MOELA_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 #define MOELA_RESTRICT __restrict__
 #else
 #define MOELA_ALWAYS_INLINE inline
+#define MOELA_ALWAYS_INLINE_LAMBDA
 #define MOELA_RESTRICT
 #endif
 

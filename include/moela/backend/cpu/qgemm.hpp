@@ -417,15 +417,16 @@ void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, ind
           // The calling thread's buffers, grown once and reused across calls; the workers get
           // plain pointers (a thread_local named inside the lambda would be the worker's own).
           thread_local std::vector<std::int8_t> xp_buf;
-          thread_local std::vector<std::int32_t> lane_buf;
+          thread_local std::vector<float> gsum_buf;
           if (xp_buf.size() < static_cast<std::size_t>(MM * K)) xp_buf.resize(static_cast<std::size_t>(MM * K));
-          if (lane_buf.size() < static_cast<std::size_t>(MM * K / 8)) lane_buf.resize(static_cast<std::size_t>(MM * K / 8));
+          if (gsum_buf.size() < static_cast<std::size_t>(MM * K / 32)) gsum_buf.resize(static_cast<std::size_t>(MM * K / 32));
           std::int8_t* xp = xp_buf.data();
-          std::int32_t* lanes = lane_buf.data();
-          // Rows of xp have stride K and of lanes K / 8 (K is a multiple of G >= 32).
-          for (int m = 0; m < MM; ++m) a8_int4_prepare(xq + m * K, K, a8_int4_lane_mul<F>, xp + m * K, lanes + m * K / 8);
+          float* gsum = gsum_buf.data();
+          // Rows of xp have stride K and of gsum K / 32 (K is a multiple of G >= 32).
+          for (int m = 0; m < MM; ++m)
+            a8_int4_prepare(xq + m * K, sx + m * lds, K, F::group, a8_int4_group_mul<F>, xp + m * K, gsum + m * K / 32);
           parallel_for(N, [&](index_t a, index_t b) {
-            gemv_a8_avx2_int4<F, MM>(w, xp, lanes, xq, K, sx, lds, a, b, y, ldy);
+            gemv_a8_avx2_int4<F, MM>(w, xp, gsum, xq, K, sx, lds, a, b, y, ldy);
           });
         } else {
           parallel_for(N, [&](index_t a, index_t b) { gemv_a8_avx2_int8<F, MM>(w, xq, K, sx, lds, a, b, y, ldy); });

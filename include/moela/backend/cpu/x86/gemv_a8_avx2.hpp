@@ -11,19 +11,22 @@
 ///  - int8 codes c in [-127, 127] (c = -128 also stays exact): `vpmaddubsw(|c|, sign(q, c))`;
 ///    pair sums are at most 2 * 128 * 127 = 32512 < 2^15, so nothing saturates.
 ///  - int4 codes: the nibble u in [0, 15] is the unsigned operand (signed codes are stored as
-///    c = u - 8 after flipping bit 3, asymmetric ones as c = u - z), so Σ q·c = Σ q·u - z Σ q; the
-///    Σ q over the 8 codes of each 32-bit lane is precomputed per call (`lane_sums`). Pair sums are
-///    at most 2 * 15 * 127, and the low- and high-nibble halves add without saturating.
+///    c = u - 8 after flipping bit 3, asymmetric ones as c = u - z), so Σ q·c = Σ q·u - z Σ q. The
+///    kernel sums q·u per 32-bit lane; the z Σ q of each weight group is taken off once per row
+///    (see gemv_a8_avx2_int4). Pair sums are at most 2 * 15 * 127, and the low- and high-nibble
+///    halves add without saturating.
 ///
 /// Roofline (M = 1, per 32 weight bytes, Zen 1 counts 256-bit ops as 2 µops): int8 5 ops (abs,
 /// sign, 2 multiplies, add) vs 12 for the fp32-decode kernel of gemv_avx2.hpp; int4 (64 weights)
-/// ~13 ops vs ~36. The multiplies issue on one pipe: 2 (int8) or 3 (int4; 4 with a zero point)
-/// per 32 bytes bound a core at ~8 and ~5 bytes per cycle, above the DRAM share of a core; so
-/// the target is the triad bandwidth. Measured: docs/performance.md.
+/// 11 ops vs ~36. The multiplies issue on one pipe: 2 (int8) or 3 (int4) per 32 bytes bound a core
+/// at ~8 and ~5.3 bytes per cycle, above the DRAM share of a core; so the target is the triad
+/// bandwidth. int4 runs at that pipe's bound from L3 (one thread, 9-10.5 GB/s). Measured:
+/// docs/performance.md.
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/x86/gemv_avx2.hpp"
@@ -112,37 +115,75 @@ void gemv_a8_avx2_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx, 
 
 /// Activation layout of the int4 kernel: within each 64-wide chunk, xp[c + i] = xq[c + 2i] and
 /// xp[c + 32 + i] = xq[c + 2i + 1] (i < 32), the order of the low and high nibbles of a 32-byte
-/// load; `lane_sums[c / 8 + j]` = `mul` · Σ xq[c + 8j .. c + 8j + 7], the activations that 32-bit
-/// lane j of a chunk's products covers (`mul` = 8, the offset of signed codes, for symmetric
-/// formats, so the kernel subtracts it without a multiply; 1 with a zero point per group). A
-/// last partial chunk is left to the scalar tail.
-inline void a8_int4_prepare(const std::int8_t* xq, index_t K, std::int32_t mul, std::int8_t* xp, std::int32_t* lane_sums) {
-  for (index_t c = 0; c + 64 <= K; c += 64) {
+/// load. `gsum[g]` = `mul` · sx[g G / 128] · Σ xq over weight group g: the offset correction of
+/// group g before its weight scale (`mul` = 8, the offset of signed codes, for symmetric formats;
+/// 1 with a zero point, which the kernel multiplies in). A last partial chunk (K % 64 == 32, G = 32)
+/// is left to the scalar tail and gets no gsum.
+inline void a8_int4_prepare(const std::int8_t* xq, const float* sx, index_t K, index_t G, std::int32_t mul,
+                            std::int8_t* xp, float* gsum) {
+  const index_t kfull = K / 64 * 64;
+  for (index_t c = 0; c < kfull; c += 64)
     for (index_t i = 0; i < 32; ++i) {
       xp[c + i] = xq[c + 2 * i];
       xp[c + 32 + i] = xq[c + 2 * i + 1];
     }
-    for (index_t j = 0; j < 8; ++j) {
-      std::int32_t s = 0;
-      for (index_t t = 0; t < 8; ++t) s += xq[c + 8 * j + t];
-      lane_sums[c / 8 + j] = mul * s;
-    }
+  for (index_t g = 0; g < kfull / G; ++g) {
+    std::int32_t s = 0;  // |s| <= 128 * 128: exact, and exact in float after the multiply by mul
+    for (index_t k = g * G; k < (g + 1) * G; ++k) s += xq[k];
+    gsum[g] = static_cast<float>(mul * s) * sx[g * G / a8_group];
   }
 }
 
 /// The `mul` argument of a8_int4_prepare for format F.
 template <class F>
-inline constexpr std::int32_t a8_int4_lane_mul = F::has_zero ? 1 : 8;
+inline constexpr std::int32_t a8_int4_group_mul = F::has_zero ? 1 : 8;
 
-/// y[m, n] for n in [n0, n1), int4_group weights. `xp`/`lane_sums`: a8_int4_prepare'd rows
-/// (strides ldx and ldx / 8, `mul` = a8_int4_lane_mul<F>); `xq`: the unpermuted codes (for the
-/// tail); `sx`: group scales.
+/// Eight consecutive weight scales (float or bf16) as floats.
+template <class S>
+MOELA_ALWAYS_INLINE __m256 load8_scales(const S* p) {
+  if constexpr (std::is_same_v<S, float>) {
+    return _mm256_loadu_ps(p);
+  } else {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+}
+
+/// Σ_g s[g] · z[g] · gsum[g] over g < ng: the offset correction of one weight row (z = 1 for
+/// symmetric formats, whose gsum already holds the offset 8).
+template <class F>
+MOELA_ALWAYS_INLINE float a8_int4_correction(const typename F::scale_type* s, [[maybe_unused]] const std::uint8_t* z,
+                                             const float* gsum, index_t ng) {
+  __m256 acc = _mm256_setzero_ps();
+  index_t g = 0;
+  for (; g + 8 <= ng; g += 8) {
+    __m256 sv = load8_scales(s + g);
+    if constexpr (F::has_zero)
+      sv = _mm256_mul_ps(sv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(z + g)))));
+    acc = _mm256_fmadd_ps(sv, _mm256_loadu_ps(gsum + g), acc);
+  }
+  float r = hsum_ps(acc);
+  for (; g < ng; ++g) r += quant::detail::scale_to_float(s[g]) * (F::has_zero ? float(z[g]) : 1.f) * gsum[g];
+  return r;
+}
+
+/// y[m, n] for n in [n0, n1), int4_group weights. `xp`/`gsum`: a8_int4_prepare'd rows (strides ldx
+/// and ldx / 32, `mul` = a8_int4_group_mul<F>); `xq`: the unpermuted codes (for the tail); `sx`:
+/// group scales.
+///
+/// With u the nibble as an unsigned value (signed codes flipped so that c = u - 8), each 32-bit
+/// lane gets the exact Σ u·q of its 8 codes; lanes are scaled by their weight group's scale and
+/// summed per 128-wide activation group, which is then scaled by sx. The offset Σ z·q of a group
+/// is not subtracted lane by lane (one more op per 32 bytes, or a multiply with a zero point) but
+/// once per row as a dot product of the row's scales with gsum (a8_int4_correction). The two terms
+/// are of the same magnitude (|u| <= 15, z <= 15), so the fp32 difference loses no more than a
+/// few units of fp32 rounding of Σ u·q.
 template <class F, int M>
-void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const std::int32_t* lane_sums, const std::int8_t* xq,
+void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const float* gsum, const std::int8_t* xq,
                        index_t ldx, const float* sx, index_t lds, index_t n0, index_t n1, float* y, index_t ldy) {
   constexpr index_t G = F::group;
   constexpr int R = M == 1 ? 2 : 1;
-  const index_t K = w.cols(), ng = K / G, kfull = K / 64 * 64;
+  const index_t K = w.cols(), ng = K / G, kfull = K / 64 * 64, ngfull = kfull / G;
   const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   const __m256i flip = _mm256_set1_epi8(F::has_zero ? 0 : static_cast<char>(0x88));
   for (index_t n = n0; n < n1; n += R) {
@@ -158,12 +199,12 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const std::in
     }
     __m256 total[R][M];
     MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = _mm256_setzero_ps();
-    for (index_t c = 0; c < kfull; c += 64) {
-      __m256i xlo[M], xhi[M], xs[M];
+    // One 64-code chunk: acc[r][m] += float(Σ u·q per lane) · (weight scale of the lane's group).
+    auto chunk = [&](index_t c, __m256 (&acc)[R][M]) MOELA_ALWAYS_INLINE_LAMBDA {
+      __m256i xlo[M], xhi[M];
       MOELA_UNROLL for (int m = 0; m < M; ++m) {
         xlo[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + m * ldx + c));
         xhi[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + m * ldx + c + 32));
-        xs[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lane_sums + m * (ldx / 8) + c / 8));
       }
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
         prefetch_ahead(rows[r] + c / 2);
@@ -171,35 +212,34 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const std::in
         const __m256i lo = _mm256_and_si256(v, mask), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
         // Lane j covers codes c + 8j .. c + 8j + 7, i.e. weight group (c + 8j) / G.
         __m256 sw;
-        [[maybe_unused]] __m256i z;
         if constexpr (G == 32) {
-          const float s0 = quant::detail::scale_to_float(srow[r][c / G]);
-          const float s1 = quant::detail::scale_to_float(srow[r][c / G + 1]);
           // Two broadcasts and an insert: a setr of 8 lanes compiles to narrow stack stores
           // and a wide reload, a store-forwarding stall per chunk that tripled the time.
-          sw = _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0));
-          if constexpr (F::has_zero)
-            z = _mm256_set_m128i(_mm_set1_epi32(zrow[r][c / G + 1]), _mm_set1_epi32(zrow[r][c / G]));
+          sw = _mm256_set_m128(_mm_set1_ps(quant::detail::scale_to_float(srow[r][c / G + 1])),
+                               _mm_set1_ps(quant::detail::scale_to_float(srow[r][c / G])));
         } else {
           sw = _mm256_set1_ps(quant::detail::scale_to_float(srow[r][c / G]));
-          if constexpr (F::has_zero) z = _mm256_set1_epi32(zrow[r][c / G]);
         }
         MOELA_UNROLL for (int m = 0; m < M; ++m) {
           const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo[m]), _mm256_maddubs_epi16(hi, xhi[m]));
-          // Σ u q - z Σ q per lane: z Σ q is precomputed for symmetric codes (z = 8); a zero point
-          // multiplies Σ q here (|Σ q| <= 8 * 127 and z <= 15 fit vpmaddwd's 16-bit operands).
-          __m256i zq = xs[m];
-          if constexpr (F::has_zero) zq = _mm256_madd_epi16(xs[m], z);
-          const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(p, ones), zq);
-          const __m256 s = _mm256_mul_ps(sw, _mm256_set1_ps(sx[m * lds + c / a8_group]));
-          total[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, total[r][m]);
+          acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), sw, acc[r][m]);
         }
+      }
+    };
+    for (index_t c = 0; c < kfull; c += a8_group) {
+      __m256 acc[R][M];
+      MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+      chunk(c, acc);
+      if (c + 64 < kfull) chunk(c + 64, acc);
+      MOELA_UNROLL for (int m = 0; m < M; ++m) {
+        const __m256 s = _mm256_set1_ps(sx[m * lds + c / a8_group]);
+        MOELA_UNROLL for (int r = 0; r < R; ++r) total[r][m] = _mm256_fmadd_ps(acc[r][m], s, total[r][m]);
       }
     }
     for (int r = 0; r < rr; ++r) {
       const index_t nr = n + r;
       for (int m = 0; m < M; ++m) {
-        float sum = hsum_ps(total[r][m]);
+        float sum = hsum_ps(total[r][m]) - a8_int4_correction<F>(srow[r], zrow[r], gsum + m * (ldx / 32), ngfull);
         for (index_t g0 = kfull; g0 < K; g0 += G) {  // tail groups (K % 64 == 32, G == 32)
           std::int32_t acc = 0;
           for (index_t k = g0; k < g0 + G; ++k) {
