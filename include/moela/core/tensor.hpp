@@ -27,7 +27,9 @@
 #include <initializer_list>
 #include <memory>
 #include <new>
+#include <ostream>
 #include <span>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -40,15 +42,28 @@ namespace moela {
 template <std::size_t Rank>
 using shape_t = std::array<index_t, Rank>;
 
-/// "[3, 128]": the format every shape appears in within error messages.
+/// A shape as it appears in error messages, "[3, 128]": what `to_string(shape)` returns. It holds
+/// the extents and formats them only when streamed or converted to std::string, so a check that
+/// passes (`check(ok, "x is ", to_string(x.shape()))`) costs a copy of the extents, not a string.
 template <std::size_t Rank>
-std::string to_string(const shape_t<Rank>& s) {
-  std::string r = "[";
-  for (std::size_t i = 0; i < Rank; ++i) {
-    if (i) r += ", ";
-    r += std::to_string(s[i]);
+struct shape_text {
+  shape_t<Rank> extents;
+  friend std::ostream& operator<<(std::ostream& os, const shape_text& t) {
+    os << '[';
+    for (std::size_t i = 0; i < Rank; ++i) os << (i ? ", " : "") << t.extents[i];
+    return os << ']';
   }
-  return r + "]";
+  operator std::string() const {
+    std::ostringstream os;
+    os << *this;
+    return os.str();
+  }
+};
+
+/// The shape `s` for an error message (see shape_text).
+template <std::size_t Rank>
+shape_text<Rank> to_string(const shape_t<Rank>& s) {
+  return {s};
 }
 
 /// Row-major (C-order) strides of a contiguous tensor of the given shape.
