@@ -323,13 +323,18 @@ TEST_CASE_TEMPLATE("int8_activation_rows: quantized once, then the same result a
     tensor<std::int8_t, 2> codes({m, k});
     tensor<float, 2> scales({m, (k + 127) / 128});
     q::quantize_activations_int8(x.cview(), codes.view(), scales.view(), q::int8_activation_group);
-    int same_codes = 0, same_scales = 0;
+    int same_codes = 0, same_scales = 0, same_values = 0;
     for (index_t i = 0; i < m; ++i) {
-      for (index_t c = 0; c < k; ++c) same_codes += xq.codes()(i, c) == codes(i, c);
+      for (index_t c = 0; c < k; ++c) {
+        same_codes += xq.codes()(i, c) == codes(i, c);
+        // values: code * scale of its 128-wide group, one fp32 rounding
+        same_values += xq.values()(i, c) == static_cast<float>(codes(i, c)) * scales(i, c / 128);
+      }
       for (index_t g = 0; g < scales.extent(1); ++g) same_scales += xq.scales()(i, g) == scales(i, g);
     }
     CHECK(same_codes == m * k);
     CHECK(same_scales == m * scales.extent(1));
+    CHECK(same_values == m * k);
     // Both weights from the one quantization, bit for bit what the mode gives.
     for (const auto* w : {&w1, &w2}) {
       tensor<float, 2> y({m, w->rows()}), want({m, w->rows()});

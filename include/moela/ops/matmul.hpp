@@ -71,7 +71,8 @@ template <class Arch, class Format>
 void matmul_int8_rows(tensor_view<float, 2> y, const quant::int8_activation_rows& xq, const qmatrix<Format>& w) {
   const index_t m = xq.rows();
   if (m == 0) return;
-  qgemm_a8<Arch, Format>(y.data(), m > 1 ? y.stride(0) : w.rows(), xq.codes().data(), xq.scales().data(), m, w);
+  qgemm_a8<Arch, Format>(y.data(), m > 1 ? y.stride(0) : w.rows(), xq.codes().data(), xq.scales().data(),
+                         xq.values().data(), m, w);
 }
 
 template <class Arch, class Format, class Mode>
@@ -82,11 +83,17 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
     static_assert(quant::deepseek_fp8_format<Format>,
                   "matmul: the faithful FP8 mode needs an fp8_block<128, 128> (E4M3) weight");
     const index_t k = w.cols(), kb = (k + 127) / 128;
-    tensor<fp8_e4m3, 2> q({m, k});
-    tensor<float, 2> xs({m, kb}), xd({m, k});
-    quant::quantize_activations_fp8(const_view<float, 2>(x, {m, k}, {ldx, 1}), q.view(), xs.view());
-    to_float<Arch>(std::span<const fp8_e4m3>(q.data(), static_cast<std::size_t>(m * k)),
-                   std::span<float>(xd.data(), static_cast<std::size_t>(m * k)));
+    // The calling thread's buffers, grown once and reused: the MoE experts call this once per
+    // weight chunk, and a fresh allocation of M x K floats per call costs page faults.
+    thread_local std::vector<fp8_e4m3> q;
+    thread_local std::vector<float> xs, xd;
+    const auto mk = static_cast<std::size_t>(m * k);
+    if (q.size() < mk) q.resize(mk);
+    if (xd.size() < mk) xd.resize(mk);
+    if (xs.size() < static_cast<std::size_t>(m * kb)) xs.resize(static_cast<std::size_t>(m * kb));
+    quant::quantize_activations_fp8(const_view<float, 2>(x, {m, k}, {ldx, 1}), tensor_view<fp8_e4m3, 2>(q.data(), {m, k}, {k, 1}),
+                                    tensor_view<float, 2>(xs.data(), {m, kb}, {kb, 1}));
+    to_float<Arch>(std::span<const fp8_e4m3>(q.data(), mk), std::span<float>(xd.data(), mk));
     qgemm<Arch, Format, true>(y.data(), ldy, xd.data(), k, m, w, xs.data());
   } else if constexpr (std::is_same_v<Mode, quant::mode::int8_activations>) {
     static_assert(quant::integer_format<Format>,

@@ -171,7 +171,9 @@ inline void quantize_activations_int8(const_view<float, 2> x, tensor_view<std::i
 /// Activations `x[M, K]` quantized to INT8 in 1 x `int8_activation_group` groups, ready for
 /// `matmul(y, xq, W)` with int8/int4 weights as often as needed. `assign` quantizes new rows into
 /// the same buffers, which grow on demand and never shrink (no allocation in a decode loop once
-/// sized). Codes `[M, K]` and scales `[M, ceil(K / 128)]` are row-contiguous.
+/// sized). Codes `[M, K]`, scales `[M, ceil(K / 128)]` and the values code · scale `[M, K]` are
+/// row-contiguous. The values are what batches of more than 4 rows are multiplied with (in fp32,
+/// as the fast mode does); keeping them here computes them once per assign, not once per weight.
 /// \code
 ///   moela::quant::int8_activation_rows xq(x);   // once per token block
 ///   moela::matmul(gate_out, xq, w_gate);        // int8_rowwise / int8_group / int4_group weights
@@ -192,6 +194,14 @@ class int8_activation_rows {
     if (scales_.size() < ns) scales_.resize(ns);
     quantize_activations_int8(x, tensor_view<std::int8_t, 2>(codes_.data(), {rows_, cols_}),
                               tensor_view<float, 2>(scales_.data(), {rows_, scale_cols_}), int8_activation_group);
+    if (values_.size() < nq) values_.resize(nq);
+    for (index_t r = 0; r < rows_; ++r)
+      for (index_t g = 0; g < scale_cols_; ++g) {
+        const float s = scales_[static_cast<std::size_t>(r * scale_cols_ + g)];
+        const index_t k1 = std::min(cols_, (g + 1) * int8_activation_group);
+        for (index_t k = g * int8_activation_group; k < k1; ++k)
+          values_[static_cast<std::size_t>(r * cols_ + k)] = static_cast<float>(codes_[static_cast<std::size_t>(r * cols_ + k)]) * s;
+      }
   }
 
   index_t rows() const { return rows_; }
@@ -200,11 +210,15 @@ class int8_activation_rows {
   const_view<std::int8_t, 2> codes() const { return const_view<std::int8_t, 2>(codes_.data(), {rows_, cols_}); }
   /// One scale per group of 128 columns, `[rows, ceil(cols / 128)]`; value = code * scale.
   const_view<float, 2> scales() const { return const_view<float, 2>(scales_.data(), {rows_, scale_cols_}); }
+  /// The activations these codes stand for, code · scale in fp32 (exact but for the one rounding
+  /// of the product), `[rows, cols]`.
+  const_view<float, 2> values() const { return const_view<float, 2>(values_.data(), {rows_, cols_}); }
 
  private:
   index_t rows_ = 0, cols_ = 0, scale_cols_ = 0;
   std::vector<std::int8_t> codes_;
   std::vector<float> scales_;
+  std::vector<float> values_;
 };
 
 }  // namespace moela::quant

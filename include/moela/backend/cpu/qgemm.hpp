@@ -399,18 +399,19 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
 
 /// y[M, N] (row stride ldy) = (xq ∘ sx)[M, K] · Wᵀ for `quant::mode::int8_activations`: `xq` int8
 /// activation codes (rows of stride K), `sx` their scales (rows of stride ceil(K / 128), one per
-/// 128 columns), W an int8 or int4 format. M <= 4 with AVX2: the integer kernels of
-/// gemv_a8_avx2.hpp. Otherwise the activations are dequantized (q * s in fp32, exact to fp32
-/// rounding) and multiplied by the fast-mode driver above, which differs from the integer sums by
-/// fp32 rounding only.
+/// 128 columns), `xd` the dequantized activations q · s (fp32, rows of stride K), W an int8 or
+/// int4 format. M <= 4 with AVX2: the integer kernels of gemv_a8_avx2.hpp on (xq, sx). Otherwise
+/// the fast-mode driver above multiplies xd, which differs from the integer sums by fp32 rounding
+/// only.
 template <class Arch, class F>
-void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, index_t M, const qmatrix<F>& w) {
+void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, const float* xd, index_t M,
+              const qmatrix<F>& w) {
   static_assert(quant::integer_format<F>, "qgemm_a8: int8 activations need an int8 or int4 weight format");
-  constexpr index_t g = quant::int8_activation_group;
-  const index_t K = w.cols(), lds = (K + g - 1) / g;
+  const index_t K = w.cols();
 #ifdef MOELA_X86_AVX2_KERNELS
   if constexpr (use_avx2<Arch>) {
     if (M <= 4) {
+      const index_t lds = (K + quant::int8_activation_group - 1) / quant::int8_activation_group;
       const index_t N = w.rows();
       auto run = [&]<int MM>(std::integral_constant<int, MM>) {
         if constexpr (F::kind == quant::format_kind::int4_group) {
@@ -437,13 +438,7 @@ void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, ind
     }
   }
 #endif
-  std::vector<float> xd(static_cast<std::size_t>(M * K));
-  parallel_for(M, [&](index_t m0, index_t m1) {
-    for (index_t m = m0; m < m1; ++m)
-      for (index_t k = 0; k < K; ++k)
-        xd[static_cast<std::size_t>(m * K + k)] = static_cast<float>(xq[m * K + k]) * sx[m * lds + k / g];
-  });
-  qgemm<Arch, F, false>(y, ldy, xd.data(), K, M, w, nullptr);
+  qgemm<Arch, F, false>(y, ldy, xd, K, M, w, nullptr);
 }
 
 }  // namespace moela::detail
