@@ -404,8 +404,8 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
 /// the fast-mode driver above multiplies xd, which differs from the integer sums by fp32 rounding
 /// only.
 template <class Arch, class F>
-void qgemm_a8(float* y, index_t ldy, const std::int8_t* xq, const float* sx, const float* xd, index_t M,
-              const qmatrix<F>& w) {
+void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[maybe_unused]] const float* sx,
+              const float* xd, index_t M, const qmatrix<F>& w) {
   static_assert(quant::integer_format<F>, "qgemm_a8: int8 activations need an int8 or int4 weight format");
   const index_t K = w.cols();
 #ifdef MOELA_X86_AVX2_KERNELS
