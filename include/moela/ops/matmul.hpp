@@ -85,16 +85,16 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
     const index_t k = w.cols(), kb = (k + 127) / 128;
     // The calling thread's buffers, grown once and reused: the MoE experts call this once per
     // weight chunk, and a fresh allocation of M x K floats per call costs page faults.
-    thread_local std::vector<fp8_e4m3> q;
-    thread_local std::vector<float> xs, xd;
+    thread_local std::vector<fp8_e4m3> q_buf;
+    thread_local std::vector<float> xs_buf, xd_buf;
+    fp8_e4m3* q = grown(q_buf, m * k);
+    float* xs = grown(xs_buf, m * kb);
+    float* xd = grown(xd_buf, m * k);
     const auto mk = static_cast<std::size_t>(m * k);
-    if (q.size() < mk) q.resize(mk);
-    if (xd.size() < mk) xd.resize(mk);
-    if (xs.size() < static_cast<std::size_t>(m * kb)) xs.resize(static_cast<std::size_t>(m * kb));
-    quant::quantize_activations_fp8(const_view<float, 2>(x, {m, k}, {ldx, 1}), tensor_view<fp8_e4m3, 2>(q.data(), {m, k}, {k, 1}),
-                                    tensor_view<float, 2>(xs.data(), {m, kb}, {kb, 1}));
-    to_float<Arch>(std::span<const fp8_e4m3>(q.data(), mk), std::span<float>(xd.data(), mk));
-    qgemm<Arch, Format, true>(y.data(), ldy, xd.data(), k, m, w, xs.data());
+    quant::quantize_activations_fp8(const_view<float, 2>(x, {m, k}, {ldx, 1}), tensor_view<fp8_e4m3, 2>(q, {m, k}),
+                                    tensor_view<float, 2>(xs, {m, kb}));
+    to_float<Arch>(std::span<const fp8_e4m3>(q, mk), std::span<float>(xd, mk));
+    qgemm<Arch, Format, true>(y.data(), ldy, xd, k, m, w, xs);
   } else if constexpr (std::is_same_v<Mode, quant::mode::int8_activations>) {
     static_assert(quant::integer_format<Format>,
                   "matmul: mode::int8_activations needs an int8 or int4 weight (int8_rowwise, int8_group, int4_group)");

@@ -235,11 +235,19 @@ void gemm_tile(index_t kc, const float* ap, const float* bp, float* tile) {
     acc[i][v].store_unaligned(tile + i * NR + v * L);
 }
 
+/// The data of `v` after growing it to at least `n` elements; it never shrinks. The one mechanism
+/// of the thread-local buffers here and in ops/matmul.hpp: sized on first use, then reused, so
+/// no call in a decode loop allocates.
+template <class T>
+T* grown(std::vector<T>& v, index_t n) {
+  if (v.size() < static_cast<std::size_t>(n)) v.resize(static_cast<std::size_t>(n));
+  return v.data();
+}
+
 /// A per-thread scratch buffer, grown once (never inside a kernel's loops) and reused.
 inline float* scratch_floats(std::size_t n) {
   thread_local std::vector<float> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
+  return grown(buf, static_cast<index_t>(n));
 }
 
 /// Calls `run(std::integral_constant<int, M>{})` for M in 1..4 (the GEMV kernels' row counts).
@@ -273,9 +281,8 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
         if constexpr (F::kind == quant::format_kind::int4_group) {
           const index_t ng = K / F::group;
           thread_local std::vector<float> prep;  // grown once, reused across calls
-          if (prep.size() < static_cast<std::size_t>(MM * (K + ng))) prep.resize(static_cast<std::size_t>(MM * (K + ng)));
-          float* xp = prep.data();
-          float* xsum = prep.data() + MM * K;
+          float* xp = grown(prep, MM * (K + ng));
+          float* xsum = xp + MM * K;
           for (int m = 0; m < MM; ++m) int4_prepare_x(x + m * ldx, K, F::group, xp + m * K, xsum + m * ng);
           parallel_for(N, [&](index_t a, index_t b) { gemv_avx2_int4<F, MM>(w, xp, K, xsum, a, b, y, ldy); });
         } else {
@@ -320,9 +327,7 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
     // share L1 sets when K * 4 bytes is a multiple of 4 KiB). Rows past M repeat the last row.
     const index_t mpanels = (M + gemm_mr - 1) / gemm_mr;
     thread_local std::vector<float> xpack_buf;  // the calling thread's, grown once, shared with the workers
-    if (xpack_buf.size() < static_cast<std::size_t>(mpanels * gemm_mr * K))
-      xpack_buf.resize(static_cast<std::size_t>(mpanels * gemm_mr * K));
-    float* xpack = xpack_buf.data();
+    float* xpack = grown(xpack_buf, mpanels * gemm_mr * K);
     parallel_for(mpanels, [&](index_t p0, index_t p1) {
       for (index_t p = p0; p < p1; ++p)
         for (index_t i = 0; i < gemm_mr; ++i) {
@@ -419,10 +424,8 @@ void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[m
           // plain pointers (a thread_local named inside the lambda would be the worker's own).
           thread_local std::vector<std::int8_t> xp_buf;
           thread_local std::vector<float> gsum_buf;
-          if (xp_buf.size() < static_cast<std::size_t>(MM * K)) xp_buf.resize(static_cast<std::size_t>(MM * K));
-          if (gsum_buf.size() < static_cast<std::size_t>(MM * K / 32)) gsum_buf.resize(static_cast<std::size_t>(MM * K / 32));
-          std::int8_t* xp = xp_buf.data();
-          float* gsum = gsum_buf.data();
+          std::int8_t* xp = grown(xp_buf, MM * K);
+          float* gsum = grown(gsum_buf, MM * K / 32);
           // Rows of xp have stride K and of gsum K / 32 (K is a multiple of G >= 32).
           for (int m = 0; m < MM; ++m)
             a8_int4_prepare(xq + m * K, sx + m * lds, K, F::group, a8_int4_group_mul<F>, xp + m * K, gsum + m * K / 32);
