@@ -33,9 +33,10 @@
 ///
 /// Shapes: x `[M, K]`, y `[M, N]` with K = W.cols(), N = W.rows(); y's rows must be contiguous.
 /// Errors (`moela::error`): shape mismatch (message names the shapes), empty W.
-/// Threads: `moela::parallel_for` (see set_num_threads); allocation only for bf16 activations,
-/// non-contiguous x, faithful mode, or int8 activations with M > 4 (one buffer per call, outside
-/// the loops).
+/// Threads: `moela::parallel_for` (see set_num_threads). Memory: no allocation per call. What a
+/// call needs besides y (a copy of bf16 or non-contiguous x as fp32 rows, quantized activations,
+/// the kernels' packed panels) lives in buffers of the calling thread, grown on first use to the
+/// largest size seen and reused after; so a decode loop allocates only in its first step.
 
 #include <algorithm>
 #include <cstdint>
@@ -64,6 +65,36 @@ void check_matmul_shapes(const tensor_view<float, 2>& y, const tensor_view<const
         w.cols(), "])");
   check(y.rows_contiguous(), "matmul: y ", to_string(y.shape()), " must have contiguous rows (stride ",
         y.stride(1), ")");
+}
+
+/// x as fp32 rows of stride `ldx`: x's own data when it already is that (fp32, rows contiguous),
+/// else a copy (bf16 widened exactly) in the calling thread's buffer, grown once and reused.
+template <class Arch, class T>
+const float* f32_rows(const_view<T, 2> x, index_t& ldx) {
+  const index_t m = x.extent(0), k = x.extent(1);
+  if constexpr (std::is_same_v<T, float>) {
+    if (x.rows_contiguous()) {
+      ldx = m > 1 ? x.stride(0) : k;
+      return x.data();
+    }
+  }
+  thread_local std::vector<float> buf;
+  float* xf = grown(buf, m * k);
+  for (index_t r = 0; r < m; ++r) {
+    float* dst = xf + r * k;
+    if constexpr (std::is_same_v<T, moela::bf16>) {
+      if (x.rows_contiguous()) {
+        to_float<Arch>(std::span<const moela::bf16>(x.data() + r * x.stride(0), static_cast<std::size_t>(k)),
+                       std::span<float>(dst, static_cast<std::size_t>(k)));
+      } else {
+        for (index_t c = 0; c < k; ++c) dst[c] = x(r, c).to_float();
+      }
+    } else {
+      for (index_t c = 0; c < k; ++c) dst[c] = x(r, c);
+    }
+  }
+  ldx = k;
+  return xf;
 }
 
 /// y = dequant(xq) · Wᵀ, shapes already checked: the one path of int8 activations.
@@ -114,32 +145,18 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
 template <class A, class Format, class Mode = quant::default_mode_t<Format>>
 void matmul(cpu<A>, tensor_view<float, 2> y, const_view<float, 2> x, const qmatrix<Format>& w, Mode = {}) {
   detail::check_matmul_shapes(y, x, w);
-  const index_t m = x.extent(0), k = x.extent(1);
-  if (x.rows_contiguous()) {
-    detail::matmul_f32<A, Format, Mode>(y, x.data(), m > 1 ? x.stride(0) : k, m, w);
-  } else {
-    tensor<float, 2> xc({m, k});
-    for (index_t r = 0; r < m; ++r)
-      for (index_t c = 0; c < k; ++c) xc(r, c) = x(r, c);
-    detail::matmul_f32<A, Format, Mode>(y, xc.data(), k, m, w);
-  }
+  index_t ldx = 0;
+  const float* xf = detail::f32_rows<A>(x, ldx);
+  detail::matmul_f32<A, Format, Mode>(y, xf, ldx, x.extent(0), w);
 }
 
 /// `y = x · Wᵀ` on the CPU backend, bf16 activations (widened exactly to fp32).
 template <class A, class Format, class Mode = quant::default_mode_t<Format>>
 void matmul(cpu<A>, tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const qmatrix<Format>& w, Mode = {}) {
   detail::check_matmul_shapes(y, x, w);
-  const index_t m = x.extent(0), k = x.extent(1);
-  tensor<float, 2> xf({m, k});
-  for (index_t r = 0; r < m; ++r) {
-    if (x.rows_contiguous()) {
-      to_float<A>(std::span<const moela::bf16>(x.data() + r * x.stride(0), static_cast<std::size_t>(k)),
-                  std::span<float>(xf.data() + r * k, static_cast<std::size_t>(k)));
-    } else {
-      for (index_t c = 0; c < k; ++c) xf(r, c) = x(r, c).to_float();
-    }
-  }
-  detail::matmul_f32<A, Format, Mode>(y, xf.data(), k, m, w);
+  index_t ldx = 0;
+  const float* xf = detail::f32_rows<A>(x, ldx);
+  detail::matmul_f32<A, Format, Mode>(y, xf, ldx, x.extent(0), w);
 }
 
 /// `y = dequant(xq) · Wᵀ` on the CPU backend for activations quantized beforehand
