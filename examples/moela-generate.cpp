@@ -24,6 +24,26 @@ namespace {
 using moela::index_t;
 using moela_generate::options;
 
+// The weight formats of --format: the one list that the help text, the dispatch and the error
+// message read. Each runner is instantiated in generate/formats_*.cpp.
+struct format_choice {
+  const char* name;
+  const char* description;
+  int (*run)(const options&, const moela::io::model_config&, const char*);
+};
+using namespace moela::quant;
+using moela_generate::run_format;
+constexpr format_choice formats[] = {
+    {"f32", "f32", &run_format<f32>},
+    {"bf16", "bf16", &run_format<moela::quant::bf16>},
+    {"fp8", "fp8 (128x128 blocks)", &run_format<fp8_block<128, 128>>},
+    {"fp8-w8a8", "fp8 W8A8 (128x128 blocks, E4M3 activations: DeepSeek's FP8 numerics)", &run_format<fp8_block_w8a8>},
+    {"int8", "int8 (per row)", &run_format<int8_rowwise<>>},
+    {"int8-a8", "int8 W8A8 (per row, int8 activations)", &run_format<int8_rowwise_a8<>>},
+    {"int4", "int4 (groups of 32)", &run_format<int4_group<32>>},
+    {"int4-a8", "int4 W4A8 (groups of 32, int8 activations)", &run_format<int4_group_a8<32>>},
+};
+
 [[noreturn]] void usage(int code) {
   std::fprintf(code ? stderr : stdout,
                "usage: moela-generate [options]\n"
@@ -36,16 +56,15 @@ using moela_generate::options;
                "  --top-p P            nucleus sampling threshold (default 0.95)\n"
                "  --seed S             random seed (default 42; NumPy default_rng compatible)\n"
                "  --greedy             same as --temperature 0\n"
-               "  --format F           weights (default auto: as stored): f32, bf16; fp8 (128x128 blocks),\n"
-               "                       fp8-w8a8 (DeepSeek's FP8 numerics: activations in E4M3 too);\n"
-               "                       int8 (per row), int8-a8 (W8A8: int8 activations);\n"
-               "                       int4 (groups of 32), int4-a8 (W4A8: int8 activations)\n"
+               "  --format F           weights (default auto: as stored; the formats are listed below)\n"
                "  --cache C            latent KV cache: f32, bf16, fp8 (default f32)\n"
                "  --threads N          worker threads (default: all cores)\n"
                "  --batch              run all prompts as one batch (per-prompt seeds seed+i)\n"
                "  --max-positions N    longest sequence the RoPE tables cover (default min(config, 16384))\n"
                "  --quiet              print only the generated text\n",
                MOELA_DEFAULT_MODEL_DIR);
+  std::fprintf(code ? stderr : stdout, "formats:\n");
+  for (const auto& f : formats) std::fprintf(code ? stderr : stdout, "  %-9s %s\n", f.name, f.description);
   std::exit(code);
 }
 
@@ -116,18 +135,11 @@ int main(int argc, char** argv) {
     const auto cfg = moela::io::load_config(o.model);
     std::string f = o.format;
     if (f == "auto") f = cfg.is_fp8() ? "fp8" : "bf16";
-    using namespace moela::quant;
-    using moela_generate::run_format;
-    if (f == "bf16") return run_format<moela::quant::bf16>(o, cfg, "bf16");
-    if (f == "f32") return run_format<f32>(o, cfg, "f32");
-    if (f == "fp8") return run_format<fp8_block<128, 128>>(o, cfg, "fp8 (128x128 blocks)");
-    if (f == "fp8-w8a8") return run_format<fp8_block_w8a8>(o, cfg, "fp8 W8A8 (128x128 blocks, E4M3 activations)");
-    if (f == "int8") return run_format<int8_rowwise<>>(o, cfg, "int8 (per row)");
-    if (f == "int8-a8") return run_format<int8_rowwise_a8<>>(o, cfg, "int8 W8A8 (per row, int8 activations)");
-    if (f == "int4") return run_format<int4_group<32>>(o, cfg, "int4 (groups of 32)");
-    if (f == "int4-a8") return run_format<int4_group_a8<32>>(o, cfg, "int4 W4A8 (groups of 32, int8 activations)");
-    moela::fail("moela-generate: --format must be auto, f32, bf16, fp8, fp8-w8a8, int8, int8-a8, int4 or int4-a8, got '",
-                o.format, "'");
+    for (const auto& c : formats)
+      if (f == c.name) return c.run(o, cfg, c.description);
+    std::string names = "auto";
+    for (const auto& c : formats) names += std::string(", ") + c.name;
+    moela::fail("moela-generate: --format must be one of ", names, "; got '", o.format, "'");
   } catch (const moela::error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
