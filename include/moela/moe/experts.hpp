@@ -140,6 +140,12 @@ class expert_runner {
           1);
     };
     if constexpr (int8_x) quantize_jobs(xq_, [&](std::size_t j) { return jobs[j].x; });
+    // What job j's matmuls read: its rows quantized once above (`q[j]`), or the rows themselves.
+    auto input = [&]([[maybe_unused]] const std::vector<quant::int8_activation_rows>& q, [[maybe_unused]] std::size_t j,
+                     auto rows) -> decltype(auto) {
+      if constexpr (int8_x) return (q[j]);
+      else return rows;
+    };
     // Phase 1: gate and up chunks, then silu(gate) * up on the chunk.
     parallel_for(
         static_cast<index_t>(tasks1_.size()),
@@ -152,10 +158,7 @@ class expert_runner {
             float* hb = h_.data() + h_off_[static_cast<std::size_t>(j)];
             float* ub = u_.data() + h_off_[static_cast<std::size_t>(j)];
             tensor_view<float, 2> g(hb + r0, {m, r1 - r0}, {f.inter, 1}), u(ub + r0, {m, r1 - r0}, {f.inter, 1});
-            const auto& in = [&]() -> decltype(auto) {
-              if constexpr (int8_x) return (xq_[static_cast<std::size_t>(j)]);
-              else return (jb.x);
-            }();
+            const auto& in = input(xq_, static_cast<std::size_t>(j), jb.x);
             matmul(cpu<Arch>{}, g, in, f.gate[static_cast<std::size_t>(c)]);
             matmul(cpu<Arch>{}, u, in, f.up[static_cast<std::size_t>(c)]);
             for (index_t i = 0; i < m; ++i)
@@ -174,10 +177,8 @@ class expert_runner {
             const auto& f = *jb.ffn;
             const index_t r0 = c * f.chunk, r1 = std::min(f.hidden, r0 + f.chunk);
             tensor_view<float, 2> o = jb.out.slice(1, r0, r1);
-            if constexpr (int8_x)
-              matmul(cpu<Arch>{}, o, hq_[static_cast<std::size_t>(j)], f.down[static_cast<std::size_t>(c)]);
-            else
-              matmul(cpu<Arch>{}, o, h_of(static_cast<std::size_t>(j)), f.down[static_cast<std::size_t>(c)]);
+            matmul(cpu<Arch>{}, o, input(hq_, static_cast<std::size_t>(j), h_of(static_cast<std::size_t>(j))),
+                   f.down[static_cast<std::size_t>(c)]);
           }
         },
         1);
