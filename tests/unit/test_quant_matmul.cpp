@@ -90,12 +90,18 @@ TEST_CASE_TEMPLATE("matmul equals the float64 reference on the dequantized weigh
 TEST_CASE_TEMPLATE("matmul with M = 512 (prefill GEMM path)", F, q::f32, q::bf16, q::fp8_block<128, 128>,
                    q::int8_group<32>, q::int4_group_asym<64>) {
   std::mt19937 rng(99);
-  const index_t m = 512, n = 75, k = odd_k<F>();
-  const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
-  const auto x = random_matrix(rng, m, k);
-  tensor<float, 2> y({m, n});
-  matmul(y.view(), x.cview(), w);
-  check_against_f64(y, x.cview(), w);
+  // n = 75: four full 16-column panels and a partial one. k: one K block, or three (kc = 512:
+  // 512 + 512 + 64 or 76, the last one with a tail shorter than the 8 x 8 panel transpose).
+  const index_t m = 512, n = 75;
+  const index_t long_k = F::kind == q::format_kind::int8_group || F::kind == q::format_kind::int4_group ? 1088 : 1100;
+  for (index_t k : {odd_k<F>(), long_k}) {
+    CAPTURE(k);
+    const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+    const auto x = random_matrix(rng, m, k);
+    tensor<float, 2> y({m, n});
+    matmul(y.view(), x.cview(), w);
+    check_against_f64(y, x.cview(), w);
+  }
 }
 
 TEST_CASE_TEMPLATE("matmul with bf16 activations", F, q::f32, q::bf16, q::fp8_block<128, 128>, q::int8_rowwise<>,

@@ -235,6 +235,71 @@ void gemm_tile(index_t kc, const float* ap, const float* bp, float* tile) {
     acc[i][v].store_unaligned(tile + i * NR + v * L);
 }
 
+/// A k-major panel of x: dst[k * gemm_mr + i] = rows[i][k], k < K, i < gemm_mr (6). With AVX2,
+/// per 4 columns: rows 0-3 as a 4 x 4 transpose (one 16-byte store per column), rows 4-5 as
+/// interleaved pairs (one 8-byte store per column); 1 op per float instead of a load and a
+/// store.
+template <class Arch>
+void pack_x_panel(const float* const* rows, index_t K, float* dst) {
+  static_assert(gemm_mr == 6);
+  index_t k = 0;
+#ifdef MOELA_X86_AVX2_KERNELS
+  if constexpr (use_avx2<Arch>) {
+    for (; k + 4 <= K; k += 4) {
+      __m128 r0 = _mm_loadu_ps(rows[0] + k), r1 = _mm_loadu_ps(rows[1] + k);
+      __m128 r2 = _mm_loadu_ps(rows[2] + k), r3 = _mm_loadu_ps(rows[3] + k);
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);  // r_c = rows 0-3 at column k + c
+      const __m128 r4 = _mm_loadu_ps(rows[4] + k), r5 = _mm_loadu_ps(rows[5] + k);
+      const __m128 lo = _mm_unpacklo_ps(r4, r5), hi = _mm_unpackhi_ps(r4, r5);  // (r4, r5) at k, k+1 | k+2, k+3
+      float* d = dst + k * gemm_mr;
+      _mm_storeu_ps(d, r0);
+      _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), lo);
+      _mm_storeu_ps(d + 6, r1);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(d + 10), lo);
+      _mm_storeu_ps(d + 12, r2);
+      _mm_storel_pi(reinterpret_cast<__m64*>(d + 16), hi);
+      _mm_storeu_ps(d + 18, r3);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(d + 22), hi);
+    }
+  }
+#endif
+  for (; k < K; ++k)
+    for (index_t i = 0; i < gemm_mr; ++i) dst[k * gemm_mr + i] = rows[i][k];
+}
+
+/// A k-major weight panel from NR decoded rows: dst[k * NR + j] = rows[j][k], k < len, j < NR.
+/// With AVX2 the rows are transposed 8 x 8 in registers (16 half-row loads, 16 in-lane shuffles,
+/// 8 full-line stores per 64 floats): the scalar loop stores one float per instruction, with a
+/// stride of NR floats, so each of the block's kc lines is written NR times.
+template <class Arch, index_t NR>
+void pack_panel(const float* const* rows, index_t len, float* dst) {
+  index_t k = 0;
+#ifdef MOELA_X86_AVX2_KERNELS
+  if constexpr (use_avx2<Arch> && NR % 8 == 0) {
+    for (; k + 8 <= len; k += 8)
+      MOELA_UNROLL for (index_t j0 = 0; j0 < NR; j0 += 8) {
+        const float* const* r = rows + j0;
+        float* d = dst + k * NR + j0;
+        MOELA_UNROLL for (int h = 0; h < 8; h += 4) {  // k + h .. k + h + 3
+          // v[i] = [row i, k+h..k+h+3 | row i+4, the same k]
+          __m256 v[4];
+          MOELA_UNROLL for (int i = 0; i < 4; ++i)
+            v[i] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(r[i] + k + h)), _mm_loadu_ps(r[i + 4] + k + h), 1);
+          const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+          const __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+          // [rows 0-3 | rows 4-7] at k + h + 0, 1, 2, 3
+          _mm256_storeu_ps(d + (h + 0) * NR, _mm256_shuffle_ps(t0, t2, 0x44));
+          _mm256_storeu_ps(d + (h + 1) * NR, _mm256_shuffle_ps(t0, t2, 0xEE));
+          _mm256_storeu_ps(d + (h + 2) * NR, _mm256_shuffle_ps(t1, t3, 0x44));
+          _mm256_storeu_ps(d + (h + 3) * NR, _mm256_shuffle_ps(t1, t3, 0xEE));
+        }
+      }
+  }
+#endif
+  for (; k < len; ++k)
+    for (index_t j = 0; j < NR; ++j) dst[k * NR + j] = rows[j][k];
+}
+
 /// The data of `v` after growing it to at least `n` elements; it never shrinks. The one mechanism
 /// of the thread-local buffers here and in ops/matmul.hpp: sized on first use, then reused, so
 /// no call in a decode loop allocates.
@@ -320,7 +385,9 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
     // GEMM: blocks of nc weight rows split over threads; per K block of kc, the rows are decoded
     // (exactly once per call) and packed into panels of NR columns (kc x NR, k-major), which the
     // register tile sweeps for every gemm_mr rows of x. Per thread: a packed block of kc x nc
-    // floats (192 KiB, L2) and a panel of x (12 KiB, L1).
+    // floats (192 KiB, L2), the decoded rows of one panel (32 KiB) and a panel of x (12 KiB, L1).
+    // Both packings transpose in registers (pack_panel, pack_x_panel): with strided scalar
+    // stores they cost ~10% of a call at N = 128 (an MoE weight chunk) and ~5% at N = 2048.
     constexpr index_t NR = gemm_nr<Arch>;
     // x packed once per call into panels of gemm_mr rows, k-major (xp[panel][k][i]): the
     // broadcasts then read one contiguous stream instead of gemm_mr rows K floats apart (which
@@ -329,12 +396,11 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
     thread_local std::vector<float> xpack_buf;  // the calling thread's, grown once, shared with the workers
     float* xpack = grown(xpack_buf, mpanels * gemm_mr * K);
     parallel_for(mpanels, [&](index_t p0, index_t p1) {
-      for (index_t p = p0; p < p1; ++p)
-        for (index_t i = 0; i < gemm_mr; ++i) {
-          const float* xr = x + std::min(p * gemm_mr + i, M - 1) * ldx;
-          float* dst = xpack + p * gemm_mr * K + i;
-          for (index_t k = 0; k < K; ++k) dst[k * gemm_mr] = xr[k];
-        }
+      for (index_t p = p0; p < p1; ++p) {
+        const float* rows[gemm_mr];
+        for (index_t i = 0; i < gemm_mr; ++i) rows[i] = x + std::min(p * gemm_mr + i, M - 1) * ldx;
+        pack_x_panel<Arch>(rows, K, xpack + p * gemm_mr * K);
+      }
     });
     const index_t kc = Faithful ? 128 : 512;
     constexpr index_t block_panels = 6;  // nc = 6 NR weight rows decoded per K block
@@ -342,22 +408,24 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
     // Each thread gets a contiguous, equal share of the panels (the static split) and walks it
     // in blocks of block_panels, so no thread is left with a whole extra block.
     parallel_for(npanels_all, [&](index_t q0, index_t q1) {
-      float* rowbuf = scratch_floats(static_cast<std::size_t>(kc + block_panels * NR * kc));  // one decoded row, the packed block
-      float* packed = rowbuf + kc;
+      // The decoded rows of one panel, a row of zeros (for columns past N), the packed block.
+      float* rowbuf = scratch_floats(static_cast<std::size_t>((NR + 1 + block_panels * NR) * kc));
+      float* zeros = rowbuf + NR * kc;
+      float* packed = zeros + kc;
+      std::fill_n(zeros, kc, 0.0f);
       alignas(64) float tile[gemm_mr * NR];
       for (index_t qb = q0; qb < q1; qb += block_panels) {
         const index_t n0 = qb * NR, nn = std::min(N, std::min(q1, qb + block_panels) * NR) - n0;
         const index_t npanels = (nn + NR - 1) / NR;
         for (index_t k0 = 0; k0 < K; k0 += kc) {
           const index_t len = std::min(K, k0 + kc) - k0;
-          for (index_t j = 0; j < npanels * NR; ++j) {
-            float* dst = packed + (j / NR) * kc * NR + j % NR;
-            if (j < nn) {
-              const float* r = decode_segment<Arch>(w, n0 + j, k0, k0 + len, rowbuf, !Faithful);
-              for (index_t k = 0; k < len; ++k) dst[k * NR] = r[k];
-            } else {  // columns past N: zeros (their sums are not stored)
-              for (index_t k = 0; k < len; ++k) dst[k * NR] = 0.0f;
+          for (index_t p = 0; p < npanels; ++p) {
+            const float* rows[NR];
+            for (index_t j = 0; j < NR; ++j) {
+              const index_t c = p * NR + j;  // columns past N: zeros (their sums are not stored)
+              rows[j] = c < nn ? decode_segment<Arch>(w, n0 + c, k0, k0 + len, rowbuf + j * kc, !Faithful) : zeros;
             }
+            pack_panel<Arch, NR>(rows, len, packed + p * kc * NR);
           }
           for (index_t m0 = 0; m0 < M; m0 += gemm_mr) {
             const index_t mr = std::min<index_t>(gemm_mr, M - m0);
