@@ -207,10 +207,12 @@ struct tile_table {
 /// loads (2 per cycle), bound it; 12 + 2 + 1 registers of the 16.
 inline constexpr int gemm_mr = 6, gemm_nrv = 2;
 /// The packed path pays one transposed copy of every weight element (and of x) per call, which
-/// the register tile amortises over M rows: measured on one thread (N = 128, K = 2048, bf16),
-/// the dot-product tiles below stay ahead up to M = 256 (34.2 vs 33.0 GFLOP/s; at M = 48, 33.3 vs
-/// 26.3), while at M = 512, N = 2048 the packed path runs at 0.93-0.98 of Eigen against 0.82.
-inline constexpr index_t gemm_pack_min_rows = 256;
+/// the register tile amortises over M rows. With the packings transposed in registers, one
+/// thread, N = 128, K = 2048, two alternating runs (GFLOP/s, dot-product tiles vs packed):
+/// M = 32 bf16 33.8-34.4 vs 30.7-31.5; M = 48 level (bf16 34.5 vs 35.1-35.9, int4 33.4-34.1 vs
+/// 32.1-32.7); M = 64 bf16 35.5 vs 35.0-36.7, int4 34.4-34.8 vs 35.2-37.5; M = 128 bf16
+/// 34.8-36.6 vs 37.8-40.6. (With scalar packing the crossover was at M = 256.)
+inline constexpr index_t gemm_pack_min_rows = 64;
 template <class Arch>
 inline constexpr index_t gemm_nr = gemm_nrv * static_cast<index_t>(xsimd::batch<float, Arch>::size);
 
