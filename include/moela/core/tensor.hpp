@@ -33,6 +33,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "moela/core/config.hpp"
 #include "moela/core/error.hpp"
@@ -219,6 +220,15 @@ namespace detail {
 struct aligned_delete {
   void operator()(void* p) const { ::operator delete(p, std::align_val_t(storage_alignment)); }
 };
+
+/// The data of `v` after growing it to at least `n` elements; it never shrinks. The one mechanism
+/// of the library's reusable buffers (the kernels' thread-local scratch, quantized activations):
+/// sized on first use, then reused, so no call in a decode loop allocates.
+template <class T>
+T* grown(std::vector<T>& v, index_t n) {
+  if (v.size() < static_cast<std::size_t>(n)) v.resize(static_cast<std::size_t>(n));
+  return v.data();
+}
 }  // namespace detail
 
 /// An owning, contiguous, row-major, 64-byte aligned tensor. Elements are zero-initialised.

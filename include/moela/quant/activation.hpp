@@ -189,12 +189,10 @@ class int8_activation_rows {
     rows_ = x.extent(0);
     cols_ = x.extent(1);
     scale_cols_ = (cols_ + int8_activation_group - 1) / int8_activation_group;
-    const auto nq = static_cast<std::size_t>(rows_ * cols_), ns = static_cast<std::size_t>(rows_ * scale_cols_);
-    if (codes_.size() < nq) codes_.resize(nq);
-    if (scales_.size() < ns) scales_.resize(ns);
-    quantize_activations_int8(x, tensor_view<std::int8_t, 2>(codes_.data(), {rows_, cols_}),
-                              tensor_view<float, 2>(scales_.data(), {rows_, scale_cols_}), int8_activation_group);
-    if (values_.size() < nq) values_.resize(nq);
+    quantize_activations_int8(x, tensor_view<std::int8_t, 2>(moela::detail::grown(codes_, rows_ * cols_), {rows_, cols_}),
+                              tensor_view<float, 2>(moela::detail::grown(scales_, rows_ * scale_cols_), {rows_, scale_cols_}),
+                              int8_activation_group);
+    moela::detail::grown(values_, rows_ * cols_);
     for (index_t r = 0; r < rows_; ++r)
       for (index_t g = 0; g < scale_cols_; ++g) {
         const float s = scales_[static_cast<std::size_t>(r * scale_cols_ + g)];

@@ -302,15 +302,6 @@ void pack_panel(const float* const* rows, index_t len, float* dst) {
     for (index_t j = 0; j < NR; ++j) dst[k * NR + j] = rows[j][k];
 }
 
-/// The data of `v` after growing it to at least `n` elements; it never shrinks. The one mechanism
-/// of the thread-local buffers here and in ops/matmul.hpp: sized on first use, then reused, so
-/// no call in a decode loop allocates.
-template <class T>
-T* grown(std::vector<T>& v, index_t n) {
-  if (v.size() < static_cast<std::size_t>(n)) v.resize(static_cast<std::size_t>(n));
-  return v.data();
-}
-
 /// A per-thread scratch buffer, grown once (never inside a kernel's loops) and reused.
 inline float* scratch_floats(std::size_t n) {
   thread_local std::vector<float> buf;
