@@ -13,9 +13,11 @@
 // The model runner is generate/run.hpp, instantiated per weight format in generate/formats_*.cpp.
 #include "generate/run.hpp"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -93,6 +95,16 @@ double parse_num(const char* flag, const char* v) {
   return d;
 }
 
+// A whole number in [lo, hi] (fractions and out-of-range values are errors, not truncated).
+long long parse_int(const char* flag, const char* v, long long lo, long long hi = std::numeric_limits<int>::max()) {
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(v, &end, 10);
+  moela::check(end && *end == '\0' && end != v && errno == 0 && n >= lo && n <= hi, "moela-generate: ", flag,
+               " needs a whole number in [", lo, ", ", hi, "], got '", v, "'");
+  return n;
+}
+
 options parse(int argc, char** argv) {
   options o;
   for (int i = 1; i < argc; ++i) {
@@ -105,16 +117,16 @@ options parse(int argc, char** argv) {
     else if (a == "--model") o.model = value();
     else if (a == "--prompt") o.prompts.push_back(value());
     else if (a == "--tokens") o.token_prompts.push_back(parse_ids(value()));
-    else if (a == "-n" || a == "--max-new-tokens") o.max_new = static_cast<long>(parse_num("-n", value()));
+    else if (a == "-n" || a == "--max-new-tokens") o.max_new = static_cast<long>(parse_int("-n", value(), 0));
     else if (a == "--temperature") o.sampling.temperature = parse_num("--temperature", value());
-    else if (a == "--top-k") o.sampling.top_k = static_cast<int>(parse_num("--top-k", value()));
+    else if (a == "--top-k") o.sampling.top_k = static_cast<int>(parse_int("--top-k", value(), 0));
     else if (a == "--top-p") o.sampling.top_p = parse_num("--top-p", value());
-    else if (a == "--seed") o.sampling.seed = static_cast<std::uint64_t>(parse_num("--seed", value()));
+    else if (a == "--seed") o.sampling.seed = static_cast<std::uint64_t>(parse_int("--seed", value(), 0, std::numeric_limits<long long>::max()));
     else if (a == "--greedy") o.sampling.temperature = 0;
     else if (a == "--format") o.format = value();
     else if (a == "--cache") o.cache = value();
-    else if (a == "--threads") o.threads = static_cast<int>(parse_num("--threads", value()));
-    else if (a == "--max-positions") o.max_positions = static_cast<long>(parse_num("--max-positions", value()));
+    else if (a == "--threads") o.threads = static_cast<int>(parse_int("--threads", value(), 1, 65536));
+    else if (a == "--max-positions") o.max_positions = static_cast<long>(parse_int("--max-positions", value(), 1));
     else if (a == "--batch") o.batch = true;
     else if (a == "--quiet") o.quiet = true;
     else {
@@ -122,7 +134,9 @@ options parse(int argc, char** argv) {
       usage(2);
     }
   }
-  moela::check(o.max_new >= 0, "moela-generate: -n must be >= 0");
+  moela::check(o.cache == "f32" || o.cache == "bf16" || o.cache == "fp8",
+               "moela-generate: --cache must be f32, bf16 or fp8, got '", o.cache, "'");
+  static_cast<void>(moela::sampler{o.sampling});  // rejects a negative temperature or a top-p outside (0, 1] before loading
   return o;
 }
 

@@ -96,8 +96,20 @@ int main(int argc, char** argv) {
       else if (a == "--decode-tokens") decode = parse_ids(a, value());
       else if (a == "--out") out = value();
       else if (a == "--compare") compare = resolve(value());
-      else if (a == "--tolerance") tolerance = std::strtod(value().c_str(), nullptr);
-      else if (a == "--threads") moela::set_num_threads(std::atoi(value().c_str()));
+      else if (a == "--tolerance") {
+        const std::string v = value();
+        char* end = nullptr;
+        tolerance = std::strtod(v.c_str(), &end);
+        moela::check(end != v.c_str() && *end == '\0' && tolerance >= 0, "moela-logits: --tolerance needs a number >= 0, got '",
+                     v, "'");
+      } else if (a == "--threads") {
+        const std::string v = value();
+        char* end = nullptr;
+        const long n = std::strtol(v.c_str(), &end, 10);
+        moela::check(end != v.c_str() && *end == '\0' && n >= 1 && n <= 65536,
+                     "moela-logits: --threads needs a whole number in [1, 65536], got '", v, "'");
+        moela::set_num_threads(static_cast<int>(n));
+      }
       else {
         std::fprintf(stderr, "moela-logits: unknown option '%s'\n", a.c_str());
         usage(2);

@@ -65,11 +65,15 @@ int run(const options& o, const moela::io::model_config& cfg, const char* format
   using M = moela::deepseek_model<Format, CacheFormat>;
   moela::load_options lo;
   lo.max_positions = o.max_positions;
-  auto m = moela::load_model<M>(o.model, lo);
+  // The prompts are checked against the config before the weights load (minutes for a large
+  // checkpoint), so a wrong flag fails at once.
   const bool bytes = cfg.vocab_size <= 258 && cfg.bos_token_id >= 0;
   std::vector<std::vector<int>> prompts = o.token_prompts;
   std::vector<std::string> labels;
   for (auto& t : o.token_prompts) {
+    for (int id : t)
+      moela::check(id < cfg.vocab_size, "moela-generate: token id ", id, " in --tokens is outside the vocabulary [0, ",
+                   cfg.vocab_size, ") of '", o.model, "'");
     std::string l = "[";
     for (std::size_t i = 0; i < t.size(); ++i) {
       if (i) l += ',';
@@ -92,6 +96,8 @@ int run(const options& o, const moela::io::model_config& cfg, const char* format
     prompts.push_back(ids);
     labels.push_back("\"" + p + "\"");
   }
+
+  auto m = moela::load_model<M>(o.model, lo);
 
   index_t longest = 0;
   for (auto& p : prompts) longest = std::max<index_t>(longest, static_cast<index_t>(p.size()) + o.max_new);
