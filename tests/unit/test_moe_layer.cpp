@@ -275,6 +275,59 @@ TEST_CASE_TEMPLATE("row_slice: a chunk of rows equals those rows of the matrix",
   if constexpr (F::block_rows > 1) CHECK_THROWS_WITH_AS(row_slice(w, 64, 128), doctest::Contains("block boundary"), moela::error);
 }
 
+// The runner cuts each matrix into row ranges that depend on the jobs and on the thread count:
+// a hot job alone is cut into many ranges, many small jobs keep their matrices whole. With
+// 8-row chunks (I = 64: up to 8 ranges, D = 32: up to 4) every kind of cut happens here; each
+// job's rows must equal its float64 expert, and the result must not depend on the thread count
+// (the cuts do). Bound: the file's `tol`, fp32 sums of 32-64 products against float64.
+TEST_CASE_TEMPLATE("expert_runner: every cut of the matrices into row ranges gives the float64 result", F, quant::f32,
+                   quant::bf16, quant::int4_group<32>) {
+  const index_t D = 32, I = 64;
+  std::mt19937 rng(40);
+  std::vector<swiglu_weights<F>> ffn;
+  for (int e = 0; e < 6; ++e) ffn.push_back(random_ffn<F>(rng, D, I));
+  std::vector<sliced_ffn<F>> sliced;
+  for (const auto& w : ffn) sliced.emplace_back(w, 8);
+  const std::vector<std::vector<index_t>> batches = {
+      {37},                    // one hot job
+      {1, 0, 5, 12, 3, 1},     // uneven, with a job without tokens
+      {3, 2, 3, 1, 2, 3, 2, 1, 3, 2, 2, 3, 1, 2, 3, 3, 2, 1}};  // many small jobs
+  for (const auto& ms : batches) {
+    index_t T = 0;
+    for (index_t m : ms) T += m;
+    const tensor<float, 2> x = random_matrix(rng, T, D, 1.0f);
+    auto run = [&](int threads) {
+      tensor<float, 2> y({T, D});
+      std::vector<expert_job<F>> jobs;
+      for (index_t j = 0, t = 0; j < static_cast<index_t>(ms.size()); t += ms[static_cast<std::size_t>(j)], ++j) {
+        const index_t t1 = t + ms[static_cast<std::size_t>(j)];
+        jobs.push_back({&sliced[static_cast<std::size_t>(j) % sliced.size()], x.cview().slice(0, t, t1),
+                        y.view().slice(0, t, t1)});
+      }
+      const int n = num_threads();
+      set_num_threads(threads);
+      expert_runner().run(cpu<>{}, std::span<const expert_job<F>>(jobs));
+      set_num_threads(n);
+      return y;
+    };
+    const tensor<float, 2> y1 = run(1), y2 = run(std::max(2, num_threads()));
+    for (index_t i = 0; i < y1.size(); ++i) REQUIRE(y1.data()[i] == y2.data()[i]);  // bit-identical
+    double err = 0, mx = 0;
+    for (index_t j = 0, t = 0; j < static_cast<index_t>(ms.size()); ++j)
+      for (index_t r = 0; r < ms[static_cast<std::size_t>(j)]; ++r, ++t) {
+        std::vector<double> xr(static_cast<std::size_t>(D));
+        for (index_t d = 0; d < D; ++d) xr[static_cast<std::size_t>(d)] = x(t, d);
+        const expert_ref want = ref_expert(ffn[static_cast<std::size_t>(j) % ffn.size()], xr);
+        for (index_t d = 0; d < D; ++d) {
+          err = std::max(err, std::abs(double(y1(t, d)) - want.y[static_cast<std::size_t>(d)]));
+          mx = std::max(mx, std::abs(want.y[static_cast<std::size_t>(d)]));
+        }
+      }
+    CHECK(err <= tol * mx);
+  }
+  CHECK_THROWS_WITH_AS(sliced_ffn<F>(ffn[0], 0), doctest::Contains("chunk_rows 0"), moela::error);
+}
+
 TEST_CASE("moe_layer: T = 0") {
   const auto c = small_config(16, 4, 4, 2, score_fn::sigmoid, topk_rule::noaux_tc, true, 2.5f, 1);
   std::mt19937 rng(1);

@@ -3,18 +3,23 @@
 /// Grouped execution of several SwiGLU experts, each on its own block of token rows, as two
 /// task-parallel phases (the engine behind `moe_layer`):
 ///
-/// 1. for every (expert job, chunk of `chunk_rows` intermediate rows):
-///    `g = x · gate[chunk]ᵀ`, `u = x · up[chunk]ᵀ`, `h[:, chunk] = silu(g) ⊙ u`;
-/// 2. for every (expert job, chunk of `chunk_rows` output rows): `out[:, chunk] = h · down[chunk]ᵀ`.
+/// 1. for every (expert job, range R of intermediate rows):
+///    `g = x · gate[R]ᵀ`, `u = x · up[R]ᵀ`, `h[:, R] = silu(g) ⊙ u`;
+/// 2. for every (expert job, range R of output rows): `out[:, R] = h · down[R]ᵀ`.
 ///
-/// Tasks are handed out dynamically over the thread pool, so work spreads by expert *and* by
-/// rows: a hot expert with many tokens is split into `I / chunk_rows` + `D / chunk_rows` tasks,
-/// and many small experts share threads without a fork/join per matrix. Inside a task
-/// `moela::matmul` runs single-threaded on a row slice of the weight, a zero-copy `qmatrix`
-/// borrowed over rows `[r0, r1)` (GEMV when the job has one token, GEMM when it has many).
-/// Each weight chunk is read once per forward; experts without a job are never touched.
+/// Tasks are handed out dynamically over the thread pool, largest first, so work spreads by
+/// expert *and* by rows, and many small experts share threads without a fork/join per matrix.
+/// Inside a task `moela::matmul` runs single-threaded on a row slice of the weight, a zero-copy
+/// `qmatrix` borrowed over rows `[r0, r1)` (GEMV when the job has one token, GEMM when it has
+/// many). Each weight row is read once per forward; experts without a job are never touched.
 ///
-/// `chunk_rows` is 128 rounded up to the format's block rows (FP8 blocks are never split).
+/// How a matrix is cut: each phase aims at `tasks_per_thread` tasks per thread of about equal
+/// work (tokens x rows). A matrix is cut into fewer, larger ranges when the jobs are many (a
+/// prefill batch over 64 experts: one task per matrix) and into more, smaller ones when they
+/// are few (a hot expert that received every token, or a decode step), down to `chunk_rows`
+/// rows: 128 rounded up to the format's block rows (FP8 blocks are never split). Fewer cuts
+/// matter for the packed GEMM, which packs its x once per call: at 48 rows of x and 128 weight
+/// rows per call, packing x costs over a third of decoding the weights.
 ///
 /// Formats whose default mode is `quant::mode::int8_activations` (e.g. `int4_group_a8<32>`):
 /// each job's `x` is quantized once before phase 1 and its `h` once before phase 2
@@ -67,22 +72,23 @@ qmatrix<Format> row_slice(const qmatrix<Format>& w, index_t r0, index_t r1) {
   }
 }
 
-/// One SwiGLU expert cut into row chunks for task-parallel execution.
+/// One SwiGLU expert as the runner sees it: zero-copy views of its three matrices, which the
+/// tasks slice into row ranges on multiples of `chunk` rows.
 template <class Format>
 struct sliced_ffn {
   index_t hidden = 0, inter = 0, chunk = 0;
-  std::vector<qmatrix<Format>> gate, up;  ///< chunks of the I rows
-  std::vector<qmatrix<Format>> down;      ///< chunks of the D rows
+  qmatrix<Format> gate, up, down;  ///< borrowed views of `w`'s matrices
 
   sliced_ffn() = default;
-  /// Slices `w` (which must outlive this object).
+  /// Views `w`'s storage (which must outlive this object; moving `w` keeps the storage).
+  /// `chunk_rows`: the smallest range a task gets, a multiple of the format's block rows.
   explicit sliced_ffn(const swiglu_weights<Format>& w, index_t chunk_rows = chunk_rows_for<Format>())
-      : hidden(w.hidden_size()), inter(w.intermediate_size()), chunk(chunk_rows) {
-    for (index_t r = 0; r < inter; r += chunk) {
-      gate.push_back(row_slice(w.gate_proj, r, std::min(inter, r + chunk)));
-      up.push_back(row_slice(w.up_proj, r, std::min(inter, r + chunk)));
-    }
-    for (index_t r = 0; r < hidden; r += chunk) down.push_back(row_slice(w.down_proj, r, std::min(hidden, r + chunk)));
+      : hidden(w.hidden_size()), inter(w.intermediate_size()), chunk(chunk_rows),
+        gate(row_slice(w.gate_proj, 0, inter)), up(row_slice(w.up_proj, 0, inter)),
+        down(row_slice(w.down_proj, 0, hidden)) {
+    constexpr index_t br = Format::block_rows > 0 ? Format::block_rows : 1;
+    check(chunk_rows > 0 && chunk_rows % br == 0, "moe::sliced_ffn: chunk_rows ", chunk_rows,
+          " is not a positive multiple of the format's ", br, " block rows");
   }
 };
 
@@ -98,13 +104,14 @@ struct expert_job {
 /// (grown on demand, never shrunk) and the task lists; not thread-safe.
 class expert_runner {
  public:
+  /// Tasks per thread that each phase aims at: enough that dynamic scheduling, largest task
+  /// first, evens out the threads' work; few enough that most matrices stay whole in a prefill.
+  static constexpr index_t tasks_per_thread = 8;
+
   template <class Arch, class Format>
   void run(cpu<Arch>, std::span<const expert_job<Format>> jobs) {
-    // h offsets and task lists
     h_off_.resize(jobs.size() + 1);
     h_off_[0] = 0;
-    tasks1_.clear();
-    tasks2_.clear();
     for (std::size_t j = 0; j < jobs.size(); ++j) {
       const auto& jb = jobs[j];
       const auto& f = *jb.ffn;
@@ -112,12 +119,10 @@ class expert_runner {
             "moe::expert_runner: job ", j, " has x ", to_string(jb.x.shape()), " and out ", to_string(jb.out.shape()),
             " for an expert of hidden size ", f.hidden);
       check(jb.x.rows_contiguous() && jb.out.rows_contiguous(), "moe::expert_runner: rows must be contiguous");
-      const index_t m = jb.x.extent(0);
-      h_off_[j + 1] = h_off_[j] + m * f.inter;
-      if (m == 0) continue;
-      for (std::size_t c = 0; c < f.gate.size(); ++c) tasks1_.push_back({static_cast<index_t>(j), static_cast<index_t>(c)});
-      for (std::size_t c = 0; c < f.down.size(); ++c) tasks2_.push_back({static_cast<index_t>(j), static_cast<index_t>(c)});
+      h_off_[j + 1] = h_off_[j] + jb.x.extent(0) * f.inter;
     }
+    plan(jobs, &sliced_ffn<Format>::inter, tasks1_);
+    plan(jobs, &sliced_ffn<Format>::hidden, tasks2_);
     if (tasks1_.empty()) return;
     const auto total = static_cast<std::size_t>(h_off_.back());
     if (h_.size() < total) {
@@ -146,39 +151,37 @@ class expert_runner {
       if constexpr (int8_x) return (q[j]);
       else return rows;
     };
-    // Phase 1: gate and up chunks, then silu(gate) * up on the chunk.
+    // Phase 1: gate and up row ranges, then silu(gate) * up on the range.
     parallel_for(
         static_cast<index_t>(tasks1_.size()),
         [&](index_t t0, index_t t1) {
           for (index_t t = t0; t < t1; ++t) {
-            const auto [j, c] = tasks1_[static_cast<std::size_t>(t)];
+            const auto [j, r0, r1] = tasks1_[static_cast<std::size_t>(t)];
             const auto& jb = jobs[static_cast<std::size_t>(j)];
             const auto& f = *jb.ffn;
-            const index_t m = jb.x.extent(0), r0 = c * f.chunk, r1 = std::min(f.inter, r0 + f.chunk);
+            const index_t m = jb.x.extent(0);
             float* hb = h_.data() + h_off_[static_cast<std::size_t>(j)];
             float* ub = u_.data() + h_off_[static_cast<std::size_t>(j)];
             tensor_view<float, 2> g(hb + r0, {m, r1 - r0}, {f.inter, 1}), u(ub + r0, {m, r1 - r0}, {f.inter, 1});
             const auto& in = input(xq_, static_cast<std::size_t>(j), jb.x);
-            matmul(cpu<Arch>{}, g, in, f.gate[static_cast<std::size_t>(c)]);
-            matmul(cpu<Arch>{}, u, in, f.up[static_cast<std::size_t>(c)]);
+            matmul(cpu<Arch>{}, g, in, row_slice(f.gate, r0, r1));
+            matmul(cpu<Arch>{}, u, in, row_slice(f.up, r0, r1));
             for (index_t i = 0; i < m; ++i)
               moela::detail::swiglu_kernel<Arch>(&g(i, 0), &g(i, 0), &u(i, 0), static_cast<std::size_t>(r1 - r0));
           }
         },
         1);
     if constexpr (int8_x) quantize_jobs(hq_, h_of);
-    // Phase 2: down chunks over the whole h of the job.
+    // Phase 2: down row ranges over the whole h of the job.
     parallel_for(
         static_cast<index_t>(tasks2_.size()),
         [&](index_t t0, index_t t1) {
           for (index_t t = t0; t < t1; ++t) {
-            const auto [j, c] = tasks2_[static_cast<std::size_t>(t)];
+            const auto [j, r0, r1] = tasks2_[static_cast<std::size_t>(t)];
             const auto& jb = jobs[static_cast<std::size_t>(j)];
-            const auto& f = *jb.ffn;
-            const index_t r0 = c * f.chunk, r1 = std::min(f.hidden, r0 + f.chunk);
             tensor_view<float, 2> o = jb.out.slice(1, r0, r1);
             matmul(cpu<Arch>{}, o, input(hq_, static_cast<std::size_t>(j), h_of(static_cast<std::size_t>(j))),
-                   f.down[static_cast<std::size_t>(c)]);
+                   row_slice(jb.ffn->down, r0, r1));
           }
         },
         1);
@@ -186,8 +189,37 @@ class expert_runner {
 
  private:
   struct task {
-    index_t job, chunk;
+    index_t job, r0, r1;  // rows [r0, r1) of the job's matrix
   };
+
+  // Cuts each job's matrix (`rows` of them: sliced_ffn::inter or ::hidden) into ranges of whole
+  // chunks, so that the tasks number about tasks_per_thread per thread and carry about equal
+  // work (tokens x rows); then orders them largest first. Jobs without tokens get no task.
+  template <class Format>
+  static void plan(std::span<const expert_job<Format>> jobs, index_t sliced_ffn<Format>::*rows,
+                   std::vector<task>& out) {
+    out.clear();
+    index_t total = 0;
+    for (const auto& jb : jobs) total += jb.x.extent(0) * ((*jb.ffn).*rows);
+    if (total == 0) return;
+    const index_t cap = std::max<index_t>(1, total / (tasks_per_thread * num_threads()));
+    for (std::size_t j = 0; j < jobs.size(); ++j) {
+      const auto& f = *jobs[j].ffn;
+      const index_t m = jobs[j].x.extent(0), R = f.*rows;
+      if (m == 0) continue;
+      const index_t chunks = (R + f.chunk - 1) / f.chunk;
+      const index_t pieces = std::clamp<index_t>((m * R + cap - 1) / cap, 1, chunks);
+      for (index_t p = 0; p < pieces; ++p)
+        out.push_back({static_cast<index_t>(j), chunks * p / pieces * f.chunk,
+                       std::min(R, chunks * (p + 1) / pieces * f.chunk)});
+    }
+    auto work = [&](const task& t) { return jobs[static_cast<std::size_t>(t.job)].x.extent(0) * (t.r1 - t.r0); };
+    std::sort(out.begin(), out.end(), [&](const task& a, const task& b) {
+      const index_t wa = work(a), wb = work(b);
+      return wa != wb ? wa > wb : (a.job != b.job ? a.job < b.job : a.r0 < b.r0);
+    });
+  }
+
   std::vector<index_t> h_off_;
   std::vector<task> tasks1_, tasks2_;
   std::vector<float> h_, u_;
