@@ -208,11 +208,15 @@ struct tile_table {
 inline constexpr int gemm_mr = 6, gemm_nrv = 2;
 /// The packed path pays one transposed copy of every weight element (and of x) per call, which
 /// the register tile amortises over M rows. With the packings transposed in registers, one
-/// thread, N = 128, K = 2048, two alternating runs (GFLOP/s, dot-product tiles vs packed):
-/// M = 32 bf16 33.8-34.4 vs 30.7-31.5; M = 48 level (bf16 34.5 vs 35.1-35.9, int4 33.4-34.1 vs
-/// 32.1-32.7); M = 64 bf16 35.5 vs 35.0-36.7, int4 34.4-34.8 vs 35.2-37.5; M = 128 bf16
-/// 34.8-36.6 vs 37.8-40.6. (With scalar packing the crossover was at M = 256.)
-inline constexpr index_t gemm_pack_min_rows = 64;
+/// thread, K = 2048, two alternating runs in one session (GFLOP/s, dot-product tiles vs packed):
+///   N = 128:  M = 32 bf16 32.1-33.0 vs 30.4-31.1, f32 35.9-36.1 vs 31.0-31.5 (tiles win);
+///             M = 40 mixed (bf16 33.0 vs 33.8-34.0, f32 35.6-36.6 vs 33.0-34.1);
+///             M = 48 bf16 31.6-34.5 vs 33.6-35.0, int4 30.1-33.1 vs 34.1-34.2 (packed);
+///   N = 1408: M = 32-40 level within the spread; M = 48 bf16 28.6-28.8 vs 31.0-36.3, int4
+///             28.0 vs 33.7-36.2; M = 56 bf16 29.1-29.6 vs 30.3-31.3 (packed).
+/// (An MoE expert of a 512-token prefill gets ~48 rows; with scalar packing the crossover was
+/// at M = 256.)
+inline constexpr index_t gemm_pack_min_rows = 48;
 template <class Arch>
 inline constexpr index_t gemm_nr = gemm_nrv * static_cast<index_t>(xsimd::batch<float, Arch>::size);
 
