@@ -144,17 +144,24 @@ void register_format(const std::string& name) {
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
   }
-  benchmark::RegisterBenchmark(("gemm/" + name + "/512x2048x2048").c_str(), bm_gemm<F, Mode>)
-      ->Args({512, 2048, 2048})
-      ->Unit(benchmark::kMillisecond)
-      ->UseRealTime();
+  // M = 512: a prefill; 48 x 2048 x 1408: one routed expert's gate (or up) GEMM in a 512-token
+  // V2-Lite prefill (3072 token-expert pairs over 64 experts), where the packed GEMM and the
+  // dot-product tiles meet (`gemm_pack_min_rows`).
+  for (auto [m, n] : {std::pair<index_t, index_t>{512, 2048}, {48, 1408}})
+    benchmark::RegisterBenchmark(("gemm/" + name + "/" + std::to_string(m) + "x2048x" + std::to_string(n)).c_str(),
+                                 bm_gemm<F, Mode>)
+        ->Args({m, 2048, n})
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
 }
 
 const int registered = [] {
-  benchmark::RegisterBenchmark("gemm/eigen_f32/512x2048x2048", bm_eigen_gemm)
-      ->Args({512, 2048, 2048})
-      ->Iterations(1)
-      ->Unit(benchmark::kMillisecond);
+  for (auto [m, n] : {std::pair<index_t, index_t>{512, 2048}, {48, 1408}})
+    benchmark::RegisterBenchmark(("gemm/eigen_f32/" + std::to_string(m) + "x2048x" + std::to_string(n)).c_str(),
+                                 bm_eigen_gemm)
+        ->Args({m, 2048, n})
+        ->Iterations(1)
+        ->Unit(benchmark::kMillisecond);
   register_format<q::f32>("f32");
   register_format<q::bf16>("bf16");
   register_format<q::fp16>("fp16");
