@@ -11,12 +11,11 @@
 //
 // ctest-args: -n 24
 // The model runner is generate/run.hpp, instantiated per weight format in generate/formats_*.cpp.
+#include "cli/args.hpp"
 #include "generate/run.hpp"
 
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -70,39 +69,12 @@ constexpr format_choice formats[] = {
   std::exit(code);
 }
 
-std::vector<int> parse_ids(const std::string& s) {
-  std::vector<int> r;
-  std::size_t i = 0;
-  while (i < s.size()) {
-    std::size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    const std::string part = s.substr(i, j - i);
-    char* end = nullptr;
-    const long v = std::strtol(part.c_str(), &end, 10);
-    moela::check(!part.empty() && end && *end == '\0' && v >= 0 && v < (1L << 31), "moela-generate: bad token id '",
-                 part, "' in --tokens ", s);
-    r.push_back(static_cast<int>(v));
-    i = j + 1;
-  }
-  moela::check(!r.empty(), "moela-generate: --tokens needs at least one id");
+constexpr const char* tool = "moela-generate";
+
+std::vector<int> token_ids(const std::string& s) {
+  auto r = moela_cli::parse_ids(tool, "--tokens", s);
+  moela::check(!r.empty(), tool, ": --tokens needs at least one id");
   return r;
-}
-
-double parse_num(const char* flag, const char* v) {
-  char* end = nullptr;
-  const double d = std::strtod(v, &end);
-  moela::check(end && *end == '\0' && end != v, "moela-generate: ", flag, " needs a number, got '", v, "'");
-  return d;
-}
-
-// A whole number in [lo, hi] (fractions and out-of-range values are errors, not truncated).
-long long parse_int(const char* flag, const char* v, long long lo, long long hi = std::numeric_limits<int>::max()) {
-  char* end = nullptr;
-  errno = 0;
-  const long long n = std::strtoll(v, &end, 10);
-  moela::check(end && *end == '\0' && end != v && errno == 0 && n >= lo && n <= hi, "moela-generate: ", flag,
-               " needs a whole number in [", lo, ", ", hi, "], got '", v, "'");
-  return n;
 }
 
 options parse(int argc, char** argv) {
@@ -116,17 +88,17 @@ options parse(int argc, char** argv) {
     if (a == "-h" || a == "--help") usage(0);
     else if (a == "--model") o.model = value();
     else if (a == "--prompt") o.prompts.push_back(value());
-    else if (a == "--tokens") o.token_prompts.push_back(parse_ids(value()));
-    else if (a == "-n" || a == "--max-new-tokens") o.max_new = static_cast<long>(parse_int("-n", value(), 0));
-    else if (a == "--temperature") o.sampling.temperature = parse_num("--temperature", value());
-    else if (a == "--top-k") o.sampling.top_k = static_cast<int>(parse_int("--top-k", value(), 0));
-    else if (a == "--top-p") o.sampling.top_p = parse_num("--top-p", value());
-    else if (a == "--seed") o.sampling.seed = static_cast<std::uint64_t>(parse_int("--seed", value(), 0, std::numeric_limits<long long>::max()));
+    else if (a == "--tokens") o.token_prompts.push_back(token_ids(value()));
+    else if (a == "-n" || a == "--max-new-tokens") o.max_new = static_cast<long>(moela_cli::parse_int(tool, "-n", value(), 0));
+    else if (a == "--temperature") o.sampling.temperature = moela_cli::parse_num(tool, "--temperature", value(), 0);
+    else if (a == "--top-k") o.sampling.top_k = static_cast<int>(moela_cli::parse_int(tool, "--top-k", value(), 0));
+    else if (a == "--top-p") o.sampling.top_p = moela_cli::parse_num(tool, "--top-p", value(), 0);
+    else if (a == "--seed") o.sampling.seed = static_cast<std::uint64_t>(moela_cli::parse_int(tool, "--seed", value(), 0, std::numeric_limits<long long>::max()));
     else if (a == "--greedy") o.sampling.temperature = 0;
     else if (a == "--format") o.format = value();
     else if (a == "--cache") o.cache = value();
-    else if (a == "--threads") o.threads = static_cast<int>(parse_int("--threads", value(), 1, 65536));
-    else if (a == "--max-positions") o.max_positions = static_cast<long>(parse_int("--max-positions", value(), 1));
+    else if (a == "--threads") o.threads = static_cast<int>(moela_cli::parse_int(tool, "--threads", value(), 1, 65536));
+    else if (a == "--max-positions") o.max_positions = static_cast<long>(moela_cli::parse_int(tool, "--max-positions", value(), 1));
     else if (a == "--batch") o.batch = true;
     else if (a == "--quiet") o.quiet = true;
     else {
@@ -134,8 +106,6 @@ options parse(int argc, char** argv) {
       usage(2);
     }
   }
-  moela::check(o.cache == "f32" || o.cache == "bf16" || o.cache == "fp8",
-               "moela-generate: --cache must be f32, bf16 or fp8, got '", o.cache, "'");
   static_cast<void>(moela::sampler{o.sampling});  // rejects a negative temperature or a top-p outside (0, 1] before loading
   return o;
 }

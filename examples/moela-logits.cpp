@@ -19,6 +19,8 @@
 // ctest-args: --model tests/data/golden/tiny-v3/fp8 --tokens 968,151,669,784,206,248,933,364,501,39,39,626 --decode-tokens 607,775,563,319 --out moela-logits-ctest.safetensors --compare tests/data/golden/tiny-v3/expected-fp8.safetensors
 #include <moela/model.hpp>
 
+#include "cli/args.hpp"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -33,23 +35,6 @@
 namespace {
 
 using moela::index_t;
-
-std::vector<int> parse_ids(const std::string& flag, const std::string& s) {
-  std::vector<int> r;
-  std::size_t i = 0;
-  while (i <= s.size() && !s.empty()) {
-    std::size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    const std::string part = s.substr(i, j - i);
-    char* end = nullptr;
-    const long v = std::strtol(part.c_str(), &end, 10);
-    moela::check(!part.empty() && end && *end == '\0' && v >= 0 && v < (1L << 31), "moela-logits: bad token id '",
-                 part, "' in ", flag);
-    r.push_back(static_cast<int>(v));
-    i = j + 1;
-  }
-  return r;
-}
 
 std::string resolve(const std::string& p) {
   if (p.empty() || p[0] == '/' || std::filesystem::exists(p)) return p;
@@ -92,24 +77,13 @@ int main(int argc, char** argv) {
       };
       if (a == "-h" || a == "--help") usage(0);
       else if (a == "--model") model = resolve(value());
-      else if (a == "--tokens") tokens = parse_ids(a, value()), have_tokens = true;
-      else if (a == "--decode-tokens") decode = parse_ids(a, value());
+      else if (a == "--tokens") tokens = moela_cli::parse_ids("moela-logits", a, value()), have_tokens = true;
+      else if (a == "--decode-tokens") decode = moela_cli::parse_ids("moela-logits", a, value());
       else if (a == "--out") out = value();
       else if (a == "--compare") compare = resolve(value());
-      else if (a == "--tolerance") {
-        const std::string v = value();
-        char* end = nullptr;
-        tolerance = std::strtod(v.c_str(), &end);
-        moela::check(end != v.c_str() && *end == '\0' && tolerance >= 0, "moela-logits: --tolerance needs a number >= 0, got '",
-                     v, "'");
-      } else if (a == "--threads") {
-        const std::string v = value();
-        char* end = nullptr;
-        const long n = std::strtol(v.c_str(), &end, 10);
-        moela::check(end != v.c_str() && *end == '\0' && n >= 1 && n <= 65536,
-                     "moela-logits: --threads needs a whole number in [1, 65536], got '", v, "'");
-        moela::set_num_threads(static_cast<int>(n));
-      }
+      else if (a == "--tolerance") tolerance = moela_cli::parse_num("moela-logits", a, value(), 0);
+      else if (a == "--threads")
+        moela::set_num_threads(static_cast<int>(moela_cli::parse_int("moela-logits", a, value(), 1, 65536)));
       else {
         std::fprintf(stderr, "moela-logits: unknown option '%s'\n", a.c_str());
         usage(2);
