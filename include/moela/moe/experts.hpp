@@ -41,10 +41,16 @@
 
 namespace moela::moe {
 
-/// Rows per task for `Format`: 128, rounded up to a multiple of the format's block rows.
+/// The rows of `Format`'s scale blocks (1 for formats without row blocks): row slices start on
+/// multiples of it.
+template <class Format>
+inline constexpr index_t slice_rows_of = Format::block_rows > 0 ? Format::block_rows : 1;
+
+/// The smallest row range a task gets for `Format`: 128, rounded up to a multiple of
+/// `slice_rows_of<Format>`.
 template <class Format>
 constexpr index_t chunk_rows_for() {
-  constexpr index_t br = Format::block_rows > 0 ? Format::block_rows : 1;
+  constexpr index_t br = slice_rows_of<Format>;
   return (128 + br - 1) / br * br;
 }
 
@@ -58,7 +64,7 @@ qmatrix<Format> row_slice(const qmatrix<Format>& w, index_t r0, index_t r1) {
   if constexpr (!Format::has_scales) {
     return qmatrix<Format>::borrow(codes);
   } else {
-    constexpr index_t br = Format::block_rows > 0 ? Format::block_rows : 1;
+    constexpr index_t br = slice_rows_of<Format>;
     check(r0 % br == 0, "moe::row_slice: row ", r0, " is not on a ", br, "-row scale block boundary");
     const auto scales = w.scales().slice(0, r0 / br, (r1 + br - 1) / br);
     if constexpr (Format::packed4) {
@@ -86,7 +92,7 @@ struct sliced_ffn {
       : hidden(w.hidden_size()), inter(w.intermediate_size()), chunk(chunk_rows),
         gate(row_slice(w.gate_proj, 0, inter)), up(row_slice(w.up_proj, 0, inter)),
         down(row_slice(w.down_proj, 0, hidden)) {
-    constexpr index_t br = Format::block_rows > 0 ? Format::block_rows : 1;
+    constexpr index_t br = slice_rows_of<Format>;
     check(chunk_rows > 0 && chunk_rows % br == 0, "moe::sliced_ffn: chunk_rows ", chunk_rows,
           " is not a positive multiple of the format's ", br, " block rows");
   }
