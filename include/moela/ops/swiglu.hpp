@@ -15,6 +15,7 @@
 /// `silu(-inf)`); NaN propagates.
 /// Errors: a `moela::error` naming `swiglu` when the lengths / shapes differ or rows are strided.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <span>
@@ -30,7 +31,8 @@ namespace moela {
 
 namespace detail {
 
-/// The scalar reference, used for tails and by the tests.
+/// A scalar form of the same formula (std::exp), for readers and tests; the kernel below does
+/// not use it, so that an element's bits never depend on where it falls in the span.
 inline float silu_mul_scalar(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
 
 template <class Arch>
@@ -39,14 +41,19 @@ void swiglu_kernel(float* h, const float* gate, const float* up, std::size_t n) 
   constexpr std::size_t w = batch::size;
   const std::size_t vec_end = n - n % w;
   const batch one(1.0f);
+  auto silu_mul = [&](batch g, batch u) { return g / (one + xsimd::exp(-g)) * u; };
   std::size_t i = 0;
-  for (; i < vec_end; i += w) {
-    const batch g = batch::load_unaligned(gate + i);
-    const batch u = batch::load_unaligned(up + i);
-    const batch s = g / (one + xsimd::exp(-g));
-    (s * u).store_unaligned(h + i);
-  }
-  for (; i < n; ++i) h[i] = silu_mul_scalar(gate[i], up[i]);
+  for (; i < vec_end; i += w)
+    silu_mul(batch::load_unaligned(gate + i), batch::load_unaligned(up + i)).store_unaligned(h + i);
+  if (i == n) return;
+  // The tail goes through the same vector formula on a padded copy, so that h[i] is the same
+  // bits whatever n and i are: callers that cut a row into ranges (moe::expert_runner, whose
+  // cuts follow the thread count) get results independent of the cut.
+  alignas(64) float gt[w] = {}, ut[w] = {}, ht[w];
+  std::copy(gate + i, gate + n, gt);
+  std::copy(up + i, up + n, ut);
+  silu_mul(batch::load_unaligned(gt), batch::load_unaligned(ut)).store_unaligned(ht);
+  std::copy(ht, ht + (n - i), h + i);
 }
 
 }  // namespace detail
