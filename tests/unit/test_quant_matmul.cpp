@@ -328,6 +328,55 @@ TEST_CASE_TEMPLATE("int8 activations (W8A8 / W4A8) equal the float64 integer ref
   }
 }
 
+TEST_CASE_TEMPLATE("int8 activations, M > 4: every tile shape of the integer GEMM, spans not a multiple of 4", F,
+                   q::int8_rowwise<>, q::int8_group<6>, q::int4_group<32>, q::int4_group_asym<64, moela::bf16>) {
+  // M covers whole 6-row tiles with and without a tail; N one and two 16-row panels, full and
+  // partial; K not a multiple of 4 (rowwise, and int8_group<6>, whose spans end at multiples of 6
+  // and so take the fp32 path instead of the VNNI one).
+  std::mt19937 rng(23);
+  const index_t k = F::kind == q::format_kind::int4_group ? 320 : (F::group == 6 ? 198 : 301);
+  const index_t wg = F::group == 0 ? k : F::group, kb = (k + 127) / 128;
+  for (index_t n : {index_t{16}, index_t{33}, index_t{64}})
+    for (index_t m : {index_t{6}, index_t{12}, index_t{40}}) {
+      CAPTURE(n);
+      CAPTURE(m);
+      const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+      const auto x = random_matrix(rng, m, k);
+      tensor<std::int8_t, 2> xq({m, k});
+      tensor<float, 2> xs({m, kb});
+      q::quantize_activations_int8(x.cview(), xq.view(), xs.view(), 128);
+      tensor<float, 2> y({m, n}), yp({m, n});
+      matmul(y.view(), x.cview(), w, q::mode::int8_activations{});
+      matmul(cpu<xsimd::sse4_2>{}, yp.view(), x.cview(), w, q::mode::int8_activations{});
+      int bad = 0;
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < n; ++j) {
+          // Exact integer span sums scaled in float64; the same bound as the test above.
+          double ref = 0, mag = 0;
+          for (index_t a = 0; a < k;) {
+            const index_t b = std::min({k, (a / wg + 1) * wg, (a / 128 + 1) * 128});
+            std::int64_t p = 0, pm = 0;
+            for (index_t t = a; t < b; ++t) {
+              p += std::int64_t(xq(i, t)) * int_code(w, j, t);
+              pm += std::abs(std::int64_t(xq(i, t))) * (std::abs(int_code(w, j, t)) + 2 * int_offset(w, j, t));
+            }
+            const double sc = double(w.scale_at(j, a)) * double(xs(i, a / 128));
+            ref += double(p) * sc;
+            mag += double(pm) * sc;
+            a = b;
+          }
+          const double tol = double(k + 8) * u32 * mag + 1e-30;
+          if ((std::fabs(double(y(i, j)) - ref) > tol || std::fabs(double(yp(i, j)) - ref) > tol) && bad++ < 5) {
+            CAPTURE(i);
+            CAPTURE(j);
+            CHECK(double(y(i, j)) == doctest::Approx(ref).epsilon(0));
+            CHECK(double(yp(i, j)) == doctest::Approx(ref).epsilon(0));
+          }
+        }
+      CHECK(bad == 0);
+    }
+}
+
 TEST_CASE_TEMPLATE("int8_activation_rows: quantized once, then the same result as the int8_activations mode", F,
                    q::int8_rowwise<>, q::int8_group<64>, q::int4_group<32>, q::int4_group_asym<64>) {
   std::mt19937 rng(31);

@@ -172,8 +172,9 @@ inline void quantize_activations_int8(const_view<float, 2> x, tensor_view<std::i
 /// `matmul(y, xq, W)` with int8/int4 weights as often as needed. `assign` quantizes new rows into
 /// the same buffers, which grow on demand and never shrink (no allocation in a decode loop once
 /// sized). Codes `[M, K]`, scales `[M, ceil(K / 128)]` and the values code · scale `[M, K]` are
-/// row-contiguous. The values are what batches of more than 4 rows are multiplied with (in fp32,
-/// as the fast mode does); keeping them here computes them once per assign, not once per weight.
+/// row-contiguous. The values are what batches of more than 4 rows are multiplied with on CPUs
+/// without VNNI (in fp32, as the fast mode does); keeping them here computes them once per
+/// assign, not once per weight.
 /// \code
 ///   moela::quant::int8_activation_rows xq(x);   // once per token block
 ///   moela::matmul(gate_out, xq, w_gate);        // int8_rowwise / int8_group / int4_group weights

@@ -83,8 +83,9 @@ struct faithful {};
 /// weight code (minus its zero point). The integer sums are exact; the AVX2 kernels compute them
 /// with `vpmaddubsw`/`vpmaddwd`, ~3x fewer instructions per weight than decoding to fp32, which
 /// is what lets an int8/int4 GEMV stream its weights at memory speed on CPUs without VNNI.
-/// Other paths (M > 4, no AVX2) multiply the dequantized activations `q * s` in fp32 and agree
-/// to fp32 rounding. Cost in accuracy: each activation moves by at most s / 2 (a relative 2^-8 of
+/// M > 4 with AVX-512 VNNI runs the integer GEMM of backend/cpu/x86/gemm_a8_avx512.hpp
+/// (`vpdpbusd`, the same exact span sums). Other paths (M > 4 without VNNI, no AVX2) multiply
+/// the dequantized activations `q * s` in fp32 and agree to fp32 rounding. Cost in accuracy: each activation moves by at most s / 2 (a relative 2^-8 of
 /// its group's amax), which adds at most Σ_k |w_k| s_k / 2 to an output.
 struct int8_activations {};
 }  // namespace mode

@@ -33,6 +33,7 @@
 
 #include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/cpu/x86/gemm_a8_avx512.hpp"
 #include "moela/backend/cpu/x86/gemv_a8_avx2.hpp"
 #include "moela/backend/cpu/x86/gemv_avx2.hpp"
 #include "moela/quant/qmatrix.hpp"
@@ -470,9 +471,9 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
 /// y[M, N] (row stride ldy) = (xq ∘ sx)[M, K] · Wᵀ for `quant::mode::int8_activations`: `xq` int8
 /// activation codes (rows of stride K), `sx` their scales (rows of stride ceil(K / 128), one per
 /// 128 columns), `xd` the dequantized activations q · s (fp32, rows of stride K), W an int8 or
-/// int4 format. M <= 4 with AVX2: the integer kernels of gemv_a8_avx2.hpp on (xq, sx). Otherwise
-/// the fast-mode driver above multiplies xd, which differs from the integer sums by fp32 rounding
-/// only.
+/// int4 format. M <= 4 with AVX2: the integer kernels of gemv_a8_avx2.hpp on (xq, sx). M > 4 with
+/// AVX-512 VNNI: the integer GEMM of gemm_a8_avx512.hpp on (xq, sx). Otherwise the fast-mode
+/// driver above multiplies xd, which differs from the integer sums by fp32 rounding only.
 template <class Arch, class F>
 void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[maybe_unused]] const float* sx,
               const float* xd, index_t M, const qmatrix<F>& w) {
@@ -505,6 +506,10 @@ void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[m
       return;
     }
   }
+#endif
+#ifdef MOELA_AVX512_VNNI_KERNELS
+  if constexpr (use_avx512_vnni<Arch>)
+    if (gemm_a8_vnni(y, ldy, xq, sx, M, w)) return;
 #endif
   qgemm<Arch, F, false>(y, ldy, xd, K, M, w, nullptr);
 }

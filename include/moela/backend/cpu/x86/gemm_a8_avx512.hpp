@@ -1,0 +1,251 @@
+#pragma once
+/// \file moela/backend/cpu/x86/gemm_a8_avx512.hpp
+/// The integer GEMM of `quant::mode::int8_activations` (W8A8 / W4A8) for M > 4 activation rows
+/// on AVX-512 VNNI (internal; used by moela/backend/cpu/qgemm.hpp). One mechanism for every
+/// integer weight format (int8_rowwise, int8_group<G>, int4_group<G>, symmetric or with zero
+/// points):
+///
+///  - **Weights**, per panel of 16 output rows, are packed once per call to unsigned bytes
+///    `u = c + 128`, with c the signed integer code (int8: the code; int4: the nibble minus its
+///    offset, 8 or the zero point, so c is in [-15, 15]), laid out `[K/4][16][4]`: one 64-byte
+///    line per 4 k holds those 4 codes of each of the 16 rows, the operand order of `vpdpbusd`
+///    (unsigned x signed, 4 products summed per 32-bit lane). Beside it, per span, the 16
+///    weight scales as fp32.
+///  - **Activations** stay signed int8 codes (a copy with rows padded to a multiple of 4 with
+///    zeros) and are broadcast 4 bytes at a time.
+///  - Per span (activation group ∩ weight group, so 32, 64 or 128 wide) each accumulator starts
+///    at `-128 Σ_span x` of its row, so that after the span it holds `Σ x u - 128 Σ x = Σ x c`
+///    exactly in int32 (|Σ x u| <= 128 · 127 · 255 < 2^22, also exact in fp32); then
+///    `y += float(Σ x c) · (s_w · s_x)` in fp32, one convert, one multiply and one FMA.
+///
+/// So the numerics are those of the M <= 4 integer GEMV (gemv_a8_avx2.hpp): exact integer span
+/// sums, then one fp32 scaling and add per span; only the order of the fp32 adds differs.
+///
+/// Roofline (per k-quad, tile of 6 rows x 32 columns): 12 `vpdpbusd` (768 MACs), 2 weight loads,
+/// 6 broadcasts; per span and accumulator 3 fp32 ops (12% next to 32 quads of a 128-wide span,
+/// 38% next to 8 of a 32-wide one). A `vpdpbusd` on zmm does 64 MACs, 4x an fp32 FMA, so the
+/// ceiling is 4x an fp32 GEMM at equal issue rate. The pack costs ~1 store per 4 weights per
+/// call, shared by the M rows (the reason this path starts above the GEMV's M <= 4).
+///
+/// Needs a translation unit compiled with AVX512-VNNI (`MOELA_AVX512_VNNI_KERNELS`, from
+/// avx512_qdot.hpp); `gemm_a8_vnni` returns false, and the caller takes another path, when a
+/// span boundary inside K is not a multiple of 4 (int8_group with G % 4 != 0).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include <xsimd/xsimd.hpp>
+
+#include "moela/backend/cpu/convert.hpp"
+#include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/cpu/x86/avx512_qdot.hpp"
+#include "moela/core/tensor.hpp"
+#include "moela/quant/qmatrix.hpp"
+
+#ifdef MOELA_AVX512_VNNI_KERNELS
+
+namespace moela::detail {
+
+/// True when `Arch` is an AVX-512 (BW) arch and the VNNI kernels are compiled in.
+template <class Arch>
+inline constexpr bool use_avx512_vnni = std::is_base_of_v<xsimd::avx512bw, Arch>;
+
+/// One span of the K axis: [k0, k1), its weight-scale column and its activation-scale column.
+struct a8_span {
+  index_t k0, k1, wcol, acol;
+};
+
+/// Spans of a row of K with weight groups of `wg` (K for one scale per row) and activation groups
+/// of 128. False when a span boundary other than K is not a multiple of 4.
+inline bool a8_spans(index_t K, index_t wg, std::vector<a8_span>& out) {
+  out.clear();
+  for (index_t a = 0; a < K;) {
+    const index_t b = std::min({K, (a / wg + 1) * wg, (a / quant::int8_activation_group + 1) * quant::int8_activation_group});
+    if (b < K && b % 4 != 0) return false;
+    out.push_back({a, b, a / wg, a / quant::int8_activation_group});
+    a = b;
+  }
+  return true;
+}
+
+inline constexpr index_t a8_panel = 16;  ///< output rows per packed panel (one zmm of int32)
+
+/// Packs rows [n0, n0 + nv) of `w` (nv <= 16) into `codes` (`quads` lines of 16 dwords; rows past
+/// nv get c = 0) and `scales` (spans x 16 floats; 0 past nv). `row` is scratch of 16 x 4·quads
+/// bytes (rounded up to 64).
+template <class F>
+void a8_pack_panel(const qmatrix<F>& w, index_t n0, index_t nv, const std::vector<a8_span>& spans, index_t quads,
+                   std::uint32_t* codes, float* scales, std::uint8_t* row, index_t ldrow) {
+  const index_t K = w.cols();
+  for (index_t i = 0; i < a8_panel; ++i) {
+    std::uint8_t* r = row + i * ldrow;
+    index_t k = 0;
+    if (i < nv) {
+      const index_t n = n0 + i;
+      if constexpr (F::packed4) {
+        const std::uint8_t* p = w.row_codes(n);
+        [[maybe_unused]] const std::uint8_t* z = F::has_zero ? w.zero_data() + n * w.scale_cols() : nullptr;
+        const __m512i lo_mask = _mm512_set1_epi16(0x000F), hi_mask = _mm512_set1_epi16(0x0F00);
+        for (; k + 64 <= K; k += 64) {
+          // byte j -> 16-bit lane j = [low nibble | high nibble << 8]: codes 2j, 2j+1 in k order.
+          const __m512i w16 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k / 2)));
+          __m512i u = _mm512_or_si512(_mm512_and_si512(w16, lo_mask), _mm512_and_si512(_mm512_slli_epi16(w16, 4), hi_mask));
+          if constexpr (F::has_zero) {  // c + 128 = nibble + (128 - z), z per group of G >= 32
+            const __m512i lo = _mm512_set1_epi8(static_cast<char>(128 - z[k / F::group]));
+            const __m512i hi = _mm512_set1_epi8(static_cast<char>(128 - z[(k + 32) / F::group]));
+            u = _mm512_add_epi8(u, _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, lo, hi));
+          } else {  // c + 128 = (nibble ^ 8) - 8 + 128
+            u = _mm512_add_epi8(_mm512_xor_si512(u, _mm512_set1_epi8(8)), _mm512_set1_epi8(120));
+          }
+          _mm512_storeu_si512(r + k, u);
+        }
+        for (; k < K; ++k) {
+          const int nib = (p[k / 2] >> (4 * (k & 1))) & 0xF;
+          const int c = F::has_zero ? nib - int(z[k / F::group]) : (nib ^ 8) - 8;
+          r[k] = static_cast<std::uint8_t>(c + 128);
+        }
+      } else {
+        const std::int8_t* p = w.row_codes(n);
+        const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+        for (; k + 64 <= K; k += 64) _mm512_storeu_si512(r + k, _mm512_xor_si512(_mm512_loadu_si512(p + k), bias));
+        for (; k < K; ++k) r[k] = static_cast<std::uint8_t>(p[k]) ^ 0x80u;
+      }
+    }
+    std::memset(r + k, 128, static_cast<std::size_t>(4 * quads - k));  // c = 0
+  }
+  // [16][K] bytes -> [K/4][16] dwords.
+  for (index_t q = 0; q < quads; ++q)
+    for (index_t i = 0; i < a8_panel; ++i) std::memcpy(codes + q * a8_panel + i, row + i * ldrow + 4 * q, 4);
+  const typename F::scale_type* s = w.scale_data();
+  for (std::size_t t = 0; t < spans.size(); ++t)
+    for (index_t i = 0; i < a8_panel; ++i)
+      scales[static_cast<index_t>(t) * a8_panel + i] =
+          i < nv ? quant::detail::scale_to_float(s[(n0 + i) * w.scale_cols() + spans[t].wcol]) : 0.f;
+}
+
+/// y[m, 16p + j] (m < MR, p < NP, j < 16 where mask[p] has bit j) for NP packed panels.
+/// `x`: padded int8 rows (stride ldx), `init`: -128 Σ_span x per row (stride ldi), `sx`: group
+/// scales (stride lds).
+template <int MR, int NP>
+MOELA_ALWAYS_INLINE void a8_tile(const std::uint32_t* const (&pc)[NP], const float* const (&ps)[NP],
+                                 const std::int8_t* x, index_t ldx, const std::int32_t* init, index_t ldi,
+                                 const float* sx, index_t lds, const std::vector<a8_span>& spans, float* y,
+                                 index_t ldy, const __mmask16 (&mask)[NP]) {
+  __m512 facc[MR][NP];
+  MOELA_UNROLL for (int m = 0; m < MR; ++m) MOELA_UNROLL for (int p = 0; p < NP; ++p) facc[m][p] = _mm512_setzero_ps();
+  for (std::size_t t = 0; t < spans.size(); ++t) {
+    const a8_span sp = spans[t];
+    __m512i acc[MR][NP];
+    MOELA_UNROLL for (int m = 0; m < MR; ++m) {
+      const __m512i i0 = _mm512_set1_epi32(init[m * ldi + static_cast<index_t>(t)]);
+      MOELA_UNROLL for (int p = 0; p < NP; ++p) acc[m][p] = i0;
+    }
+    const index_t q1 = (sp.k1 + 3) / 4;
+    for (index_t q = sp.k0 / 4; q < q1; ++q) {
+      __m512i wv[NP];
+      MOELA_UNROLL for (int p = 0; p < NP; ++p) wv[p] = _mm512_load_si512(pc[p] + q * a8_panel);
+      MOELA_UNROLL for (int m = 0; m < MR; ++m) {
+        std::int32_t x4;
+        std::memcpy(&x4, x + m * ldx + 4 * q, 4);
+        const __m512i xv = _mm512_set1_epi32(x4);
+        MOELA_UNROLL for (int p = 0; p < NP; ++p) acc[m][p] = _mm512_dpbusd_epi32(acc[m][p], wv[p], xv);
+      }
+    }
+    __m512 sw[NP];
+    MOELA_UNROLL for (int p = 0; p < NP; ++p) sw[p] = _mm512_load_ps(ps[p] + static_cast<index_t>(t) * a8_panel);
+    MOELA_UNROLL for (int m = 0; m < MR; ++m) {
+      const __m512 s = _mm512_set1_ps(sx[m * lds + sp.acol]);
+      MOELA_UNROLL for (int p = 0; p < NP; ++p)
+        facc[m][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m][p]), _mm512_mul_ps(sw[p], s), facc[m][p]);
+    }
+  }
+  MOELA_UNROLL for (int m = 0; m < MR; ++m) MOELA_UNROLL for (int p = 0; p < NP; ++p)
+    _mm512_mask_storeu_ps(y + m * ldy + a8_panel * p, mask[p], facc[m][p]);
+}
+
+inline constexpr int a8_tile_rows = 6;  ///< MR: 6 x 2 panels = 12 int32 + 12 fp32 accumulators
+
+/// y[M, N] (stride ldy) = the int8-activation product of `xq` (int8 codes [M, K], rows of stride
+/// K) with group scales `sx` ([M, ceil(K/128)]) and integer-format weights `w`. False (nothing
+/// written) when the spans do not allow it (see the file comment).
+template <class F>
+bool gemm_a8_vnni(float* y, index_t ldy, const std::int8_t* xq, const float* sx, index_t M, const qmatrix<F>& w) {
+  const index_t K = w.cols(), N = w.rows();
+  const index_t lds = (K + quant::int8_activation_group - 1) / quant::int8_activation_group;
+  thread_local std::vector<a8_span> spans_buf;
+  std::vector<a8_span>& spans = spans_buf;  // the caller's, also inside the workers' lambda
+  if (!a8_spans(K, F::group == 0 ? K : F::group, spans)) return false;
+  const index_t S = static_cast<index_t>(spans.size());
+  const index_t quads = (K + 3) / 4, ldx = 4 * quads;
+  // The calling thread's buffers (the workers get plain pointers): x padded to whole quads, and
+  // each row's span sums (the accumulator start -128 Σ x).
+  thread_local std::vector<std::int8_t> xbuf;
+  thread_local std::vector<std::int32_t> ibuf;
+  std::int8_t* xp = grown(xbuf, M * ldx);
+  std::int32_t* init = grown(ibuf, M * S);
+  for (index_t m = 0; m < M; ++m) {
+    std::memcpy(xp + m * ldx, xq + m * K, static_cast<std::size_t>(K));
+    std::memset(xp + m * ldx + K, 0, static_cast<std::size_t>(ldx - K));
+    for (index_t t = 0; t < S; ++t) {
+      const std::int8_t* r = xq + m * K;
+      const index_t k1 = spans[static_cast<std::size_t>(t)].k1;
+      index_t k = spans[static_cast<std::size_t>(t)].k0;
+      __m512i acc = _mm512_setzero_si512();
+      const __m512i ones = _mm512_set1_epi8(1);
+      for (; k + 64 <= k1; k += 64) acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512(r + k));
+      std::int32_t s = hsum_epi32_512<xsimd::avx512bw>(acc);
+      for (; k < k1; ++k) s += r[k];
+      init[m * S + t] = -128 * s;
+    }
+  }
+  const index_t panels = (N + a8_panel - 1) / a8_panel, pairs = (panels + 1) / 2;
+  const index_t ldrow = (ldx + 63) / 64 * 64;
+  parallel_for(pairs, [&](index_t pa, index_t pb) {
+    // This worker's pack: two panels of codes and scales, and the row scratch.
+    thread_local std::vector<std::uint32_t> cbuf;
+    thread_local std::vector<float> sbuf;
+    thread_local std::vector<std::uint8_t> rbuf;
+    const index_t cn = quads * a8_panel + 16, sn = S * a8_panel + 16;  // + 16: room to align to 64 bytes
+    std::uint32_t* cb = grown(cbuf, 2 * cn);
+    float* sb = grown(sbuf, 2 * sn);
+    std::uint8_t* rb = grown(rbuf, a8_panel * ldrow);
+    auto aligned = [](auto* p) { return reinterpret_cast<decltype(p)>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63}); };
+    std::uint32_t* c0 = aligned(cb);
+    std::uint32_t* c1 = aligned(cb + cn);
+    float* s0 = aligned(sb);
+    float* s1 = aligned(sb + sn);
+    for (index_t pr = pa; pr < pb; ++pr) {
+      const index_t n0 = pr * 2 * a8_panel;
+      const index_t nv0 = std::min(a8_panel, N - n0), nv1 = std::clamp<index_t>(N - n0 - a8_panel, 0, a8_panel);
+      a8_pack_panel(w, n0, nv0, spans, quads, c0, s0, rb, ldrow);
+      if (nv1 > 0) a8_pack_panel(w, n0 + a8_panel, nv1, spans, quads, c1, s1, rb, ldrow);
+      const __mmask16 m0 = static_cast<__mmask16>((1u << nv0) - 1), m1 = static_cast<__mmask16>((1u << nv1) - 1);
+      auto rows = [&]<int MR>(std::integral_constant<int, MR>, index_t m) {
+        if (nv1 > 0)
+          a8_tile<MR, 2>({c0, c1}, {s0, s1}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans,
+                         y + m * ldy + n0, ldy, {m0, m1});
+        else
+          a8_tile<MR, 1>({c0}, {s0}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans, y + m * ldy + n0,
+                         ldy, {m0});
+      };
+      index_t m = 0;
+      for (; m + a8_tile_rows <= M; m += a8_tile_rows) rows(std::integral_constant<int, a8_tile_rows>{}, m);
+      switch (M - m) {
+        case 1: rows(std::integral_constant<int, 1>{}, m); break;
+        case 2: rows(std::integral_constant<int, 2>{}, m); break;
+        case 3: rows(std::integral_constant<int, 3>{}, m); break;
+        case 4: rows(std::integral_constant<int, 4>{}, m); break;
+        case 5: rows(std::integral_constant<int, 5>{}, m); break;
+        default: break;
+      }
+    }
+  }, 1);
+  return true;
+}
+
+}  // namespace moela::detail
+
+#endif  // MOELA_AVX512_VNNI_KERNELS
