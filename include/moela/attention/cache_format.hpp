@@ -41,8 +41,9 @@ namespace moela::attn {
 
 namespace detail {
 
+/// AVX2 or AVX-512 (whose xsimd archs do not derive from avx2): the 256-bit kernels below apply.
 template <class Arch>
-inline constexpr bool is_avx2_arch = std::is_base_of_v<xsimd::avx2, Arch>;
+inline constexpr bool is_avx2_arch = std::is_base_of_v<xsimd::avx2, Arch> || std::is_base_of_v<xsimd::avx512f, Arch>;
 
 /// out[i] = float(bf16 bits p[i]).
 template <class Arch>

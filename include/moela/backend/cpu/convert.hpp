@@ -51,11 +51,13 @@ namespace moela {
 
 namespace detail {
 
-/// True when `Arch` is (or extends) AVX2 and the AVX2 intrinsic kernels are compiled in.
+/// True when `Arch` is (or extends) AVX2 or AVX-512 and the AVX2 intrinsic kernels are compiled
+/// in. (xsimd's AVX-512 archs do not derive from avx2, but every AVX-512 CPU has AVX2, FMA and
+/// F16C, and these kernels use 256-bit intrinsics only, never xsimd batches of `Arch`.)
 template <class Arch>
 inline constexpr bool use_avx2 =
 #ifdef MOELA_X86_AVX2_KERNELS
-    std::is_base_of_v<xsimd::avx2, Arch>;
+    std::is_base_of_v<xsimd::avx2, Arch> || std::is_base_of_v<xsimd::avx512f, Arch>;
 #else
     false;
 #endif

@@ -35,6 +35,7 @@
 #include "moela/backend/cpu/parallel_for.hpp"
 #include "moela/backend/cpu/x86/gemm_a8_avx512.hpp"
 #include "moela/backend/cpu/x86/gemv_a8_avx2.hpp"
+#include "moela/backend/cpu/x86/gemv_a8_avx512.hpp"
 #include "moela/backend/cpu/x86/gemv_avx2.hpp"
 #include "moela/quant/qmatrix.hpp"
 
@@ -471,7 +472,8 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
 /// y[M, N] (row stride ldy) = (xq ∘ sx)[M, K] · Wᵀ for `quant::mode::int8_activations`: `xq` int8
 /// activation codes (rows of stride K), `sx` their scales (rows of stride ceil(K / 128), one per
 /// 128 columns), `xd` the dequantized activations q · s (fp32, rows of stride K), W an int8 or
-/// int4 format. M <= 4 with AVX2: the integer kernels of gemv_a8_avx2.hpp on (xq, sx). M > 4 with
+/// int4 format. M <= 4 with AVX2: the integer kernels of gemv_a8_avx2.hpp on (xq, sx), or of
+/// gemv_a8_avx512.hpp with AVX-512 VNNI (int8 only for groups that are multiples of 64). M > 4 with
 /// AVX-512 VNNI: the integer GEMM of gemm_a8_avx512.hpp on (xq, sx). Otherwise the fast-mode
 /// driver above multiplies xd, which differs from the integer sums by fp32 rounding only.
 template <class Arch, class F>
@@ -484,6 +486,13 @@ void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[m
     if (M <= 4) {
       const index_t lds = (K + quant::int8_activation_group - 1) / quant::int8_activation_group;
       const index_t N = w.rows();
+      // AVX-512 VNNI kernels (gemv_a8_avx512.hpp) where the build and Arch have them, else AVX2.
+      constexpr bool vnni =
+#ifdef MOELA_AVX512_GEMV_A8
+          std::is_base_of_v<xsimd::avx512bw, Arch>;
+#else
+          false;
+#endif
       auto run = [&]<int MM>(std::integral_constant<int, MM>) {
         if constexpr (F::kind == quant::format_kind::int4_group) {
           // The calling thread's buffers, grown once and reused across calls; the workers get
@@ -493,12 +502,37 @@ void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[m
           std::int8_t* xp = grown(xp_buf, MM * K);
           float* gsum = grown(gsum_buf, MM * K / 32);
           // Rows of xp have stride K and of gsum K / 32 (K is a multiple of G >= 32).
-          for (int m = 0; m < MM; ++m)
+          for (int m = 0; m < MM; ++m) {
+#ifdef MOELA_AVX512_GEMV_A8
+            if constexpr (vnni) {
+              a8_int4_prepare<128>(xq + m * K, sx + m * lds, K, F::group, a8_int4_group_mul<F>, xp + m * K, gsum + m * K / 32);
+              continue;
+            }
+#endif
             a8_int4_prepare(xq + m * K, sx + m * lds, K, F::group, a8_int4_group_mul<F>, xp + m * K, gsum + m * K / 32);
+          }
           parallel_for(N, [&](index_t a, index_t b) {
+#ifdef MOELA_AVX512_GEMV_A8
+            if constexpr (vnni) {
+              gemv_a8_avx512_int4<F, MM>(w, xp, gsum, xq, K, sx, lds, a, b, y, ldy);
+              return;
+            }
+#endif
             gemv_a8_avx2_int4<F, MM>(w, xp, gsum, xq, K, sx, lds, a, b, y, ldy);
           });
         } else {
+#ifdef MOELA_AVX512_GEMV_A8
+          if constexpr (vnni && a8_int8_vnni_ok<F>) {
+            thread_local std::vector<std::int32_t> init_buf;
+            const index_t ldi = K / 64;
+            std::int32_t* init = grown(init_buf, MM * ldi);
+            for (int m = 0; m < MM; ++m) a8_int8_prepare_512(xq + m * K, K, init + m * ldi);
+            parallel_for(N, [&](index_t a, index_t b) {
+              gemv_a8_avx512_int8<F, MM>(w, xq, K, init, ldi, sx, lds, a, b, y, ldy);
+            });
+            return;
+          }
+#endif
           parallel_for(N, [&](index_t a, index_t b) { gemv_a8_avx2_int8<F, MM>(w, xq, K, sx, lds, a, b, y, ldy); });
         }
       };

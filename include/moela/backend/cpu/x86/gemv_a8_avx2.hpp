@@ -55,6 +55,23 @@ MOELA_ALWAYS_INLINE void prefetch_ahead(const void* p) {
   _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + gemv_prefetch_bytes), _MM_HINT_T0);
 }
 
+/// The weight rows n .. n + R - 1 of a kernel pass (rows past `rr` repeat the last one): codes
+/// (int4: packed bytes), scales and zero points (nullptr without them).
+template <class F, int R>
+struct a8_rows {
+  const typename F::code_type* codes[R];
+  const typename F::scale_type* scales[R];
+  const std::uint8_t* zeros[R];
+  a8_rows(const qmatrix<F>& w, index_t n, int rr) {
+    for (int r = 0; r < R; ++r) {
+      const index_t nr = n + std::min(r, rr - 1);
+      codes[r] = w.row_codes(nr);
+      scales[r] = w.scale_data() + nr * w.scale_cols();
+      zeros[r] = F::has_zero ? w.zero_data() + nr * w.scale_cols() : nullptr;
+    }
+  }
+};
+
 /// y[m, n] for n in [n0, n1), m < M: int8_rowwise / int8_group weights, int8 activations `xq`
 /// (rows of stride ldx) with group scales `sx` (rows of stride lds, one per 128 columns).
 template <class F, int M>
@@ -66,13 +83,9 @@ void gemv_a8_avx2_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx, 
   const __m256i ones = _mm256_set1_epi16(1);
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
-    const std::int8_t* rows[R];
-    const typename F::scale_type* srow[R];
-    for (int r = 0; r < R; ++r) {
-      const index_t nr = n + std::min(r, rr - 1);
-      rows[r] = w.row_codes(nr);
-      srow[r] = w.scale_data() + nr * w.scale_cols();
-    }
+    const a8_rows<F, R> rw(w, n, rr);
+    const auto& rows = rw.codes;
+    const auto& srow = rw.scales;
     __m256 total[R][M];
     float stail[R][M] = {};
     MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = _mm256_setzero_ps();
@@ -119,19 +132,28 @@ void gemv_a8_avx2_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx, 
 /// group g before its weight scale (`mul` = 8, the offset of signed codes, for symmetric formats;
 /// 1 with a zero point, which the kernel multiplies in). A last partial chunk (K % 64 == 32, G = 32)
 /// is left to the scalar tail and gets no gsum.
-inline void a8_int4_prepare(const std::int8_t* xq, const float* sx, index_t K, index_t G, std::int32_t mul,
-                            std::int8_t* xp, float* gsum) {
-  const index_t kfull = K / 64 * 64;
-  for (index_t c = 0; c < kfull; c += 64)
-    for (index_t i = 0; i < 32; ++i) {
-      xp[c + i] = xq[c + 2 * i];
-      xp[c + 32 + i] = xq[c + 2 * i + 1];
-    }
-  for (index_t g = 0; g < kfull / G; ++g) {
+/// gsum[g] = mul · sx[g G / 128] · Σ xq over weight group g, g < ng (see a8_int4_prepare).
+inline void a8_int4_group_sums(const std::int8_t* xq, const float* sx, index_t ng, index_t G, std::int32_t mul,
+                               float* gsum) {
+  for (index_t g = 0; g < ng; ++g) {
     std::int32_t s = 0;  // |s| <= 128 * 128: exact, and exact in float after the multiply by mul
     for (index_t k = g * G; k < (g + 1) * G; ++k) s += xq[k];
     gsum[g] = static_cast<float>(mul * s) * sx[g * G / a8_group];
   }
+}
+
+/// `Chunk` is the codes of one weight load: 64 here (32 bytes), 128 for the AVX-512 kernel
+/// (gemv_a8_avx512.hpp), whose chunks are then split into Chunk / 2 even and Chunk / 2 odd codes.
+template <index_t Chunk = 64>
+void a8_int4_prepare(const std::int8_t* xq, const float* sx, index_t K, index_t G, std::int32_t mul, std::int8_t* xp,
+                     float* gsum) {
+  const index_t kfull = K / Chunk * Chunk;
+  for (index_t c = 0; c < kfull; c += Chunk)
+    for (index_t i = 0; i < Chunk / 2; ++i) {
+      xp[c + i] = xq[c + 2 * i];
+      xp[c + Chunk / 2 + i] = xq[c + 2 * i + 1];
+    }
+  a8_int4_group_sums(xq, sx, kfull / G, G, mul, gsum);
 }
 
 /// The `mul` argument of a8_int4_prepare for format F.
@@ -167,6 +189,25 @@ MOELA_ALWAYS_INLINE float a8_int4_correction(const typename F::scale_type* s, [[
   return r;
 }
 
+/// The groups of [k0, K) of one int4 row (`row`, `s`, `z`) against one activation row (`xq`, `sx`),
+/// exact per group, scaled: the scalar tail of the int4 kernels.
+template <class F>
+float a8_int4_tail(const std::uint8_t* row, const typename F::scale_type* s, [[maybe_unused]] const std::uint8_t* z,
+                   const std::int8_t* xq, const float* sx, index_t k0, index_t K) {
+  constexpr index_t G = F::group;
+  float sum = 0;
+  for (index_t g0 = k0; g0 < K; g0 += G) {
+    std::int32_t acc = 0;
+    for (index_t k = g0; k < g0 + G; ++k) {
+      const int nib = (row[k / 2] >> (4 * (k & 1))) & 0xF;
+      const int code = F::has_zero ? nib - int(z[g0 / G]) : (nib ^ 8) - 8;
+      acc += code * std::int32_t(xq[k]);
+    }
+    sum += static_cast<float>(acc) * (quant::detail::scale_to_float(s[g0 / G]) * sx[g0 / a8_group]);
+  }
+  return sum;
+}
+
 /// y[m, n] for n in [n0, n1), int4_group weights. `xp`/`gsum`: a8_int4_prepare'd rows (strides ldx
 /// and ldx / 32, `mul` = a8_int4_group_mul<F>); `xq`: the unpermuted codes (for the tail); `sx`:
 /// group scales.
@@ -183,20 +224,15 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const float* 
                        index_t ldx, const float* sx, index_t lds, index_t n0, index_t n1, float* y, index_t ldy) {
   constexpr index_t G = F::group;
   constexpr int R = M == 1 ? 2 : 1;
-  const index_t K = w.cols(), ng = K / G, kfull = K / 64 * 64, ngfull = kfull / G;
+  const index_t K = w.cols(), kfull = K / 64 * 64, ngfull = kfull / G;
   const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   const __m256i flip = _mm256_set1_epi8(F::has_zero ? 0 : static_cast<char>(0x88));
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
-    const std::uint8_t* rows[R];
-    const typename F::scale_type* srow[R];
-    const std::uint8_t* zrow[R];
-    for (int r = 0; r < R; ++r) {
-      const index_t nr = n + std::min(r, rr - 1);
-      rows[r] = w.row_codes(nr);
-      srow[r] = w.scale_data() + nr * ng;
-      zrow[r] = F::has_zero ? w.zero_data() + nr * ng : nullptr;
-    }
+    const a8_rows<F, R> rw(w, n, rr);
+    const auto& rows = rw.codes;
+    const auto& srow = rw.scales;
+    const auto& zrow = rw.zeros;
     __m256 total[R][M];
     MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = _mm256_setzero_ps();
     // One 64-code chunk: acc[r][m] += float(Σ u·q per lane) · (weight scale of the lane's group).
@@ -240,15 +276,7 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const float* 
       const index_t nr = n + r;
       for (int m = 0; m < M; ++m) {
         float sum = hsum_ps(total[r][m]) - a8_int4_correction<F>(srow[r], zrow[r], gsum + m * (ldx / 32), ngfull);
-        for (index_t g0 = kfull; g0 < K; g0 += G) {  // tail groups (K % 64 == 32, G == 32)
-          std::int32_t acc = 0;
-          for (index_t k = g0; k < g0 + G; ++k) {
-            const int nib = (rows[r][k / 2] >> (4 * (k & 1))) & 0xF;
-            const int code = F::has_zero ? nib - int(zrow[r][g0 / G]) : (nib ^ 8) - 8;
-            acc += code * std::int32_t(xq[m * ldx + k]);
-          }
-          sum += static_cast<float>(acc) * (quant::detail::scale_to_float(srow[r][g0 / G]) * sx[m * lds + g0 / a8_group]);
-        }
+        sum += a8_int4_tail<F>(rows[r], srow[r], zrow[r], xq + m * ldx, sx + m * lds, kfull, K);  // K % 64 == 32
         y[m * ldy + nr] = sum;
       }
     }
