@@ -119,7 +119,13 @@ MOELA_ALWAYS_INLINE __m512 a8_lane_scales(const S* s) {
   } else {
     __m128 v;
     if constexpr (std::is_same_v<S, float>) {
-      v = G == 32 ? _mm_loadu_ps(s) : _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)));
+      if constexpr (G == 32) {
+        v = _mm_loadu_ps(s);
+      } else {  // two floats; memcpy, as they need not be 8-byte aligned
+        long long two;
+        std::memcpy(&two, s, sizeof two);
+        v = _mm_castsi128_ps(_mm_cvtsi64_si128(two));
+      }
     } else {
       const __m128i h = G == 32 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s))
                                 : _mm_cvtsi32_si128(static_cast<int>(std::uint32_t(s[0].bits) | (std::uint32_t(s[1].bits) << 16)));
