@@ -425,6 +425,76 @@ TEST_CASE_TEMPLATE("int8_activation_rows: quantized once, then the same result a
   CHECK_THROWS_WITH_AS(matmul(y.view(), xq, w1), doctest::Contains("was expected"), moela::error);
 }
 
+TEST_CASE_TEMPLATE("bf16 activations mode: every tile shape, odd K, several K blocks", F, q::bf16, q::fp8_block<128, 128>,
+                   q::fp8_block_e5m2<128, 128>, q::fp8_block<48, 64>, q::fp8_block<128, 3>) {
+  // M: one tile row (6), tiles with each tail (5 = a tail alone, 13, 40), the GEMV (3); N: one
+  // and two 16-row panels, full and partial; K odd (the padding pair) and K = 2301 > 2048 (two
+  // packed K blocks; for FP8 the block boundary at 2048 is a weight block boundary). The odd
+  // block width (fp8_block<128, 3>) cannot be split in pairs and takes the fast path.
+  std::mt19937 rng(29);
+  for (index_t k : {index_t{301}, index_t{2301}})
+    for (index_t n : {index_t{16}, index_t{33}, index_t{64}})
+      for (index_t m : {index_t{3}, index_t{5}, index_t{6}, index_t{13}, index_t{40}}) {
+        if (k > 2048 && m != 13) continue;  // the long K once, with a tail
+        CAPTURE(k);
+        CAPTURE(n);
+        CAPTURE(m);
+        const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+        const auto x = random_matrix(rng, m, k);
+        tensor<moela::bf16, 2> xb({m, k});
+        tensor<float, 2> xr({m, k});  // x rounded to bf16 (RNE), widened: what the kernels multiply
+        for (index_t i = 0; i < m; ++i)
+          for (index_t t = 0; t < k; ++t) {
+            xb(i, t) = moela::bf16(x(i, t));
+            xr(i, t) = xb(i, t).to_float();
+          }
+        tensor<float, 2> y({m, n}), yb({m, n}), yg({m, n}), ya({m, n});
+        matmul(y.view(), x.cview(), w, q::mode::bf16_activations{});
+        matmul(yb.view(), xb.cview(), w, q::mode::bf16_activations{});
+        matmul(cpu<xsimd::sse4_2>{}, yg.view(), x.cview(), w, q::mode::bf16_activations{});
+        using FA = q::with_mode<F, q::mode::bf16_activations>;
+        if constexpr (F::has_scales)
+          matmul(ya.view(), x.cview(), qmatrix<FA>::borrow(w.codes(), w.scales()));
+        else
+          matmul(ya.view(), x.cview(), qmatrix<FA>::borrow(w.codes()));
+        // (K + 2) u Σ|x w|: products of bf16 x and bf16-exact weights are exact, then fp32 sums
+        // (and for FP8 one rounding of the block scale's product per block, and of the dequantized
+        // reference value, inside the +2).
+        check_against_f64(y, xr.cview(), w);
+        check_against_f64(yg, xr.cview(), w);
+        int same = 0;
+        for (index_t i = 0; i < m; ++i)
+          for (index_t j = 0; j < n; ++j) same += (y(i, j) == yb(i, j)) + (y(i, j) == ya(i, j));
+        CHECK(same == 2 * m * n);  // fp32 or bf16 input, mode named or the format's default: one result
+      }
+}
+
+TEST_CASE("bf16 activations mode: a NaN FP8 weight code makes exactly its row's outputs NaN") {
+  std::mt19937 rng(6);
+  using F = q::fp8_block<128, 128>;
+  const index_t n = 40, k = 301;
+  const auto wq = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+  tensor<fp8_e4m3, 2> codes({n, k});
+  tensor<float, 2> scales({wq.scale_rows(), wq.scale_cols()});
+  for (index_t r = 0; r < n; ++r)
+    for (index_t c = 0; c < k; ++c) codes(r, c) = wq.row_codes(r)[c];
+  for (index_t r = 0; r < scales.extent(0); ++r)
+    for (index_t c = 0; c < scales.extent(1); ++c) scales(r, c) = wq.scale_data()[r * wq.scale_cols() + c];
+  codes(2, 17) = fp8_e4m3::from_bits(0x7F);   // a 32-code vector of the pack
+  codes(21, 300) = fp8_e4m3::from_bits(0xFF); // the scalar tail of the pack
+  const auto w = qmatrix<F>::borrow(codes.cview(), scales.cview());
+  for (index_t m : {index_t{2}, index_t{7}}) {
+    const auto x = random_matrix(rng, m, k);
+    tensor<float, 2> y({m, n});
+    matmul(y.view(), x.cview(), w, q::mode::bf16_activations{});
+    for (index_t i = 0; i < m; ++i)
+      for (index_t j = 0; j < n; ++j) {
+        CAPTURE(j);
+        CHECK(std::isnan(y(i, j)) == (j == 2 || j == 21));
+      }
+  }
+}
+
 TEST_CASE("with_mode: int4_group_a8 defaults to int8 activations, fast still selectable") {
   std::mt19937 rng(8);
   const index_t n = 70, k = 256;

@@ -8,6 +8,7 @@
 ///   moela::matmul(y, x, w);                                   // fast mode (weight-only quant)
 ///   moela::matmul(moela::cpu<>{}, y, x, w);                   // same, backend named
 ///   moela::matmul(y, x_bf16, w);                              // bf16 activations
+///   moela::matmul(y, x, w_bf16, moela::quant::mode::bf16_activations{});  // x rounded to bf16
 ///   moela::matmul(y, x, w_fp8, moela::quant::fp8_mode::faithful{});  // DeepSeek W8A8 FP8 numerics
 ///   moela::quant::int8_activation_rows xq(x);                 // int8 activations, quantized once,
 ///   moela::matmul(y, xq, w_int4);                             // for several int8/int4 weights
@@ -30,6 +31,12 @@
 ///    fast mode's fp32 decode; it costs one int8 rounding per activation (<= 2^-8 of its group's
 ///    amax). `quant::with_mode<F, mode::int8_activations>` (e.g. `int4_group_a8<32>`) makes it
 ///    a format's default.
+///  - `bf16_activations` (bf16 and fp8_block formats): activations rounded to bf16 and multiplied
+///    exactly with the weight values, fp32 sums (FP8 block scale per block); on AVX512-BF16 for
+///    M > 4 the `vdpbf16ps` GEMM, ~2x the fast mode's rate (see quant::mode). Use it for prefill
+///    with bf16 or FP8 weights where bf16 activations are accurate enough (they are what a BF16
+///    model runs on). bf16 activations with these formats take that GEMM in the fast mode too
+///    (M > 4), since rounding them to bf16 is then exact.
 ///
 /// Shapes: x `[M, K]`, y `[M, N]` with K = W.cols(), N = W.rows(); y's rows must be contiguous.
 /// Errors (`moela::error`): shape mismatch (message names the shapes), empty W.
@@ -46,6 +53,7 @@
 #include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
 #include "moela/backend/cpu/qgemm.hpp"
+#include "moela/backend/cpu/x86/gemm_bf16_avx512.hpp"
 #include "moela/backend/tags.hpp"
 #include "moela/quant/activation.hpp"
 #include "moela/quant/formats.hpp"
@@ -106,6 +114,52 @@ void matmul_int8_rows(tensor_view<float, 2> y, const quant::int8_activation_rows
                          xq.values().data(), m, w);
 }
 
+/// y = xb · Wᵀ for bf16 activation rows `xb` (stride ldx, even, >= K rounded up to even, the
+/// padding column zero), shapes already checked: the one path of `mode::bf16_activations`.
+/// AVX512-BF16 and M > 4: the `vdpbf16ps` GEMM; otherwise the rows widened (exactly) to fp32
+/// through the fast mode.
+template <class Arch, class Format>
+void matmul_bf16_rows(tensor_view<float, 2> y, const moela::bf16* xb, index_t ldx, index_t m, const qmatrix<Format>& w) {
+  static_assert(quant::bf16_exact_format<Format>,
+                "matmul: mode::bf16_activations needs a bf16 or fp8_block weight (values exact in bf16)");
+  if (m == 0) return;
+  const index_t ldy = m > 1 ? y.stride(0) : w.rows(), k = w.cols();
+#ifdef MOELA_AVX512_GEMM_BF16
+  if constexpr (use_avx512_bf16<Arch>)
+    if (m > 4 && gemm_bf16_dp(y.data(), ldy, xb, ldx, m, w)) return;
+#endif
+  thread_local std::vector<float> buf;  // the calling thread's, grown once and reused
+  float* xf = grown(buf, m * k);
+  for (index_t r = 0; r < m; ++r)
+    to_float<Arch>(std::span<const moela::bf16>(xb + r * ldx, static_cast<std::size_t>(k)),
+                   std::span<float>(xf + r * k, static_cast<std::size_t>(k)));
+  qgemm<Arch, Format, false>(y.data(), ldy, xf, k, m, w, nullptr);
+}
+
+/// x as bf16 rows of even stride with a zero padding column for odd K (what matmul_bf16_rows
+/// reads): fp32 rounded RNE, bf16 copied; the calling thread's buffer, grown once and reused.
+template <class Arch, class T>
+const moela::bf16* bf16_rows(const_view<T, 2> x, index_t& ldx) {
+  const index_t m = x.extent(0), k = x.extent(1);
+  ldx = (k + 1) / 2 * 2;
+  thread_local std::vector<moela::bf16> buf;
+  moela::bf16* xb = grown(buf, m * ldx);
+  for (index_t r = 0; r < m; ++r) {
+    moela::bf16* dst = xb + r * ldx;
+    if (x.rows_contiguous()) {
+      const T* src = x.data() + r * x.stride(0);
+      if constexpr (std::is_same_v<T, float>)
+        from_float<Arch>(std::span<const float>(src, static_cast<std::size_t>(k)), std::span<moela::bf16>(dst, static_cast<std::size_t>(k)));
+      else
+        std::copy_n(src, k, dst);
+    } else {
+      for (index_t c = 0; c < k; ++c) dst[c] = moela::bf16(x(r, c));
+    }
+    if (ldx > k) dst[k] = moela::bf16(0.0f);
+  }
+  return xb;
+}
+
 template <class Arch, class Format, class Mode>
 void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m, const qmatrix<Format>& w) {
   if (m == 0) return;
@@ -133,6 +187,10 @@ void matmul_f32(tensor_view<float, 2> y, const float* x, index_t ldx, index_t m,
     thread_local quant::int8_activation_rows xq;
     xq.assign(const_view<float, 2>(x, {m, w.cols()}, {ldx, 1}));
     matmul_int8_rows<Arch>(y, xq, w);
+  } else if constexpr (std::is_same_v<Mode, quant::mode::bf16_activations>) {
+    index_t ldb = 0;
+    const moela::bf16* xb = bf16_rows<Arch>(const_view<float, 2>(x, {m, w.cols()}, {ldx, 1}), ldb);
+    matmul_bf16_rows<Arch>(y, xb, ldb, m, w);
   } else {
     static_assert(std::is_same_v<Mode, quant::mode::fast>, "matmul: unknown mode tag");
     qgemm<Arch, Format, false>(y.data(), ldy, x, ldx, m, w, nullptr);
@@ -150,10 +208,22 @@ void matmul(cpu<A>, tensor_view<float, 2> y, const_view<float, 2> x, const qmatr
   detail::matmul_f32<A, Format, Mode>(y, xf, ldx, x.extent(0), w);
 }
 
-/// `y = x · Wᵀ` on the CPU backend, bf16 activations (widened exactly to fp32).
+/// `y = x · Wᵀ` on the CPU backend, bf16 activations (widened exactly to fp32; with a bf16 or
+/// fp8_block weight and M > 4, the bf16 GEMM of mode::bf16_activations).
 template <class A, class Format, class Mode = quant::default_mode_t<Format>>
 void matmul(cpu<A>, tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const qmatrix<Format>& w, Mode = {}) {
   detail::check_matmul_shapes(y, x, w);
+  // bf16 x bf16-exact weights: the bf16 kernels, which are exact on these operands (the fast mode
+  // and mode::bf16_activations are the same numerics here), for the batches where they pay.
+  if constexpr (std::is_same_v<Mode, quant::mode::bf16_activations> ||
+                (std::is_same_v<Mode, quant::mode::fast> && quant::bf16_exact_format<Format>)) {
+    if (std::is_same_v<Mode, quant::mode::bf16_activations> || x.extent(0) > 4) {
+      index_t ldb = 0;
+      const moela::bf16* xb = detail::bf16_rows<A>(x, ldb);
+      detail::matmul_bf16_rows<A>(y, xb, ldb, x.extent(0), w);
+      return;
+    }
+  }
   index_t ldx = 0;
   const float* xf = detail::f32_rows<A>(x, ldx);
   detail::matmul_f32<A, Format, Mode>(y, xf, ldx, x.extent(0), w);

@@ -15,6 +15,7 @@
 /// | `int4_group<G, int4_asym, S>`  | uint4 in [0, 15], 2 per byte| S `[N, K/G]`                    | uint8 `[N, K/G]` |
 /// | `with_mode<F, Mode>`           | as `F`; matmul defaults to `Mode` | as `F`                     | as `F`     |
 /// | `int8_rowwise_a8`, `int4_group_a8<G>` | `with_mode<..., mode::int8_activations>` (W8A8 / W4A8) | | |
+/// | `bf16_a16`, `fp8_block_a16<BR, BC>` | `with_mode<..., mode::bf16_activations>` (W16A16 / W8A16) | | |
 ///
 /// `S` (scale type) is `float` or `moela::bf16`. The dequantized weight is
 ///  - fp8:  `w = float(code) * scale[n / BR, k / BC]` (the checkpoint's `weight_scale_inv` is
@@ -88,6 +89,16 @@ struct faithful {};
 /// the dequantized activations `q * s` in fp32 and agree to fp32 rounding. Cost in accuracy: each activation moves by at most s / 2 (a relative 2^-8 of
 /// its group's amax), which adds at most Σ_k |w_k| s_k / 2 to an output.
 struct int8_activations {};
+/// BF16 activations, for the weight formats exact in bf16 (`bf16_exact_format`: `bf16` and every
+/// `fp8_block`): fp32 activations are rounded to bf16 (RNE; bf16 ones are taken as they are),
+/// the weight values (FP8: the codes, the block scale applied per block to the fp32 sums) are
+/// multiplied with them exactly and summed in fp32. With AVX512-BF16, M > 4 runs the `vdpbf16ps`
+/// GEMM of backend/cpu/x86/gemm_bf16_avx512.hpp (2x the MACs of an fp32 FMA per instruction);
+/// otherwise the fast mode multiplies the rounded activations. These are the numerics of a BF16
+/// checkpoint run in bf16 (PyTorch `Linear` on bf16 tensors accumulates in fp32 the same way).
+/// Cost in accuracy: each fp32 activation moves by at most 2^-9 of its magnitude. bf16
+/// activations in the fast mode take the same kernel (there the rounding is exact).
+struct bf16_activations {};
 }  // namespace mode
 /// Activation group width of `mode::int8_activations` (one int8 scale per 1 x 128 activations).
 inline constexpr index_t int8_activation_group = 128;
@@ -205,6 +216,13 @@ template <class F>
 concept integer_format = F::kind == format_kind::int8_rowwise || F::kind == format_kind::int8_group ||
                          F::kind == format_kind::int4_group;
 
+/// The weight formats whose values are exact in bf16, which `mode::bf16_activations` multiplies
+/// with bf16 activations: `bf16` (dense) and every `fp8_block` (E4M3 or E5M2, any block shape;
+/// an FP8 value has at most 4 significant bits).
+template <class F>
+concept bf16_exact_format =
+    (F::kind == format_kind::dense && std::is_same_v<typename F::code_type, moela::bf16>) || F::kind == format_kind::fp8_block;
+
 /// Format `F` with `Mode` as the matmul mode its weights get when a call names none: same storage,
 /// same quantizer, same kernels (`qmatrix<with_mode<F, M>>` holds exactly what `qmatrix<F>`
 /// holds). Use it to make a whole model run a mode, e.g. `with_mode<int4_group<32>,
@@ -212,9 +230,10 @@ concept integer_format = F::kind == format_kind::int8_rowwise || F::kind == form
 template <class F, class Mode>
 struct with_mode : F {
   static_assert(std::is_same_v<Mode, mode::fast> ||
-                    (std::is_same_v<Mode, mode::int8_activations> && integer_format<F>),
+                    (std::is_same_v<Mode, mode::int8_activations> && integer_format<F>) ||
+                    (std::is_same_v<Mode, mode::bf16_activations> && bf16_exact_format<F>),
                 "with_mode: mode::int8_activations needs an int8 or int4 format (for FP8 W8A8 use "
-                "fp8_block_w8a8)");
+                "fp8_block_w8a8), mode::bf16_activations a bf16 or fp8_block format");
   using matmul_mode = Mode;
 };
 /// INT8 weights (one scale per row) with int8 activations: W8A8 integer GEMV.
@@ -223,6 +242,13 @@ using int8_rowwise_a8 = with_mode<int8_rowwise<Scale>, mode::int8_activations>;
 /// Symmetric int4 weights in groups of G with int8 activations: W4A8 integer GEMV.
 template <int G, class Scale = float>
 using int4_group_a8 = with_mode<int4_group<G, int4_zero::symmetric, Scale>, mode::int8_activations>;
+
+/// bf16 weights with bf16 activations (`vdpbf16ps`), whatever the activations' type: W16A16.
+using bf16_a16 = with_mode<bf16, mode::bf16_activations>;
+/// DeepSeek-V3's FP8 blocks with bf16 activations (the codes times bf16 activations, `vdpbf16ps`,
+/// block scale per block): W8A16.
+template <int BR = 128, int BC = 128>
+using fp8_block_a16 = with_mode<fp8_block<BR, BC>, mode::bf16_activations>;
 
 /// DeepSeek-V3's FP8 layout: E4M3 codes in 128x128 blocks. The faithful (W8A8) mode and loading
 /// a checkpoint's FP8 tensors as they are need it.

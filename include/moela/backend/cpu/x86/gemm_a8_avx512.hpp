@@ -41,6 +41,7 @@
 
 #include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/cpu/x86/avx512_panel.hpp"
 #include "moela/backend/cpu/x86/avx512_qdot.hpp"
 #include "moela/core/tensor.hpp"
 #include "moela/quant/qmatrix.hpp"
@@ -73,8 +74,8 @@ inline bool a8_spans(index_t K, index_t wg, std::vector<a8_span>& out) {
 
 inline constexpr index_t a8_panel = 16;  ///< output rows per packed panel (one zmm of int32)
 
-/// Packs rows [n0, n0 + nv) of `w` (nv <= 16) into `codes` (`quads` lines of 16 dwords; rows past
-/// nv get c = 0) and `scales` (spans x 16 floats; 0 past nv). `row` is scratch of 16 x 4·quads
+/// Packs rows [n0, n0 + nv) of `w` (nv <= 16) into `codes` (`quads` lines of 16 dwords, room for
+/// `quads` rounded up to 16, 64-byte aligned; rows past nv get c = 0) and `scales` (spans x 16 floats; 0 past nv). `row` is scratch of 16 x 4·quads
 /// bytes (rounded up to 64).
 template <class F>
 void a8_pack_panel(const qmatrix<F>& w, index_t n0, index_t nv, const std::vector<a8_span>& spans, index_t quads,
@@ -116,9 +117,9 @@ void a8_pack_panel(const qmatrix<F>& w, index_t n0, index_t nv, const std::vecto
     }
     std::memset(r + k, 128, static_cast<std::size_t>(4 * quads - k));  // c = 0
   }
-  // [16][K] bytes -> [K/4][16] dwords.
-  for (index_t q = 0; q < quads; ++q)
-    for (index_t i = 0; i < a8_panel; ++i) std::memcpy(codes + q * a8_panel + i, row + i * ldrow + 4 * q, 4);
+  // [16][K] bytes -> [K/4][16] dwords, 16 lines at a time (lines past `quads` are not read).
+  for (index_t q = 0; q < quads; q += 16)
+    transpose16x16_epi32(reinterpret_cast<const std::uint32_t*>(row) + q, ldrow / 4, codes + q * a8_panel);
   const typename F::scale_type* s = w.scale_data();
   for (std::size_t t = 0; t < spans.size(); ++t)
     for (index_t i = 0; i < a8_panel; ++i)
@@ -136,31 +137,39 @@ MOELA_ALWAYS_INLINE void a8_tile(const std::uint32_t* const (&pc)[NP], const flo
                                  index_t ldy, const __mmask16 (&mask)[NP]) {
   __m512 facc[MR][NP];
   MOELA_UNROLL for (int m = 0; m < MR; ++m) MOELA_UNROLL for (int p = 0; p < NP; ++p) facc[m][p] = _mm512_setzero_ps();
-  for (std::size_t t = 0; t < spans.size(); ++t) {
-    const a8_span sp = spans[t];
-    __m512i acc[MR][NP];
+  // One loop over the quads with the span epilogue inside it: with a loop per span GCC 12 copied
+  // the accumulators between registers every step (the bf16 GEMM met the same with spills).
+  __m512i acc[MR][NP];
+  auto start = [&](index_t t) MOELA_ALWAYS_INLINE_LAMBDA {
     MOELA_UNROLL for (int m = 0; m < MR; ++m) {
-      const __m512i i0 = _mm512_set1_epi32(init[m * ldi + static_cast<index_t>(t)]);
+      const __m512i i0 = _mm512_set1_epi32(init[m * ldi + t]);
       MOELA_UNROLL for (int p = 0; p < NP; ++p) acc[m][p] = i0;
     }
-    const index_t q1 = (sp.k1 + 3) / 4;
-    for (index_t q = sp.k0 / 4; q < q1; ++q) {
-      __m512i wv[NP];
-      MOELA_UNROLL for (int p = 0; p < NP; ++p) wv[p] = _mm512_load_si512(pc[p] + q * a8_panel);
-      MOELA_UNROLL for (int m = 0; m < MR; ++m) {
-        std::int32_t x4;
-        std::memcpy(&x4, x + m * ldx + 4 * q, 4);
-        const __m512i xv = _mm512_set1_epi32(x4);
-        MOELA_UNROLL for (int p = 0; p < NP; ++p) acc[m][p] = _mm512_dpbusd_epi32(acc[m][p], wv[p], xv);
-      }
-    }
-    __m512 sw[NP];
-    MOELA_UNROLL for (int p = 0; p < NP; ++p) sw[p] = _mm512_load_ps(ps[p] + static_cast<index_t>(t) * a8_panel);
+  };
+  const index_t S = static_cast<index_t>(spans.size()), quads = (spans.back().k1 + 3) / 4;
+  index_t t = 0, qend = (spans[0].k1 + 3) / 4;
+  start(0);
+  for (index_t q = 0; q < quads; ++q) {
+    static_assert(NP == 1 || NP == 2);
+    const __m512i w0 = _mm512_load_si512(pc[0] + q * a8_panel), w1 = _mm512_load_si512(pc[NP - 1] + q * a8_panel);
     MOELA_UNROLL for (int m = 0; m < MR; ++m) {
-      const __m512 s = _mm512_set1_ps(sx[m * lds + sp.acol]);
+      std::int32_t x4;
+      std::memcpy(&x4, x + m * ldx + 4 * q, 4);
+      const __m512i xv = _mm512_set1_epi32(x4);
+      acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], w0, xv);
+      if constexpr (NP == 2) acc[m][NP - 1] = _mm512_dpbusd_epi32(acc[m][NP - 1], w1, xv);
+    }
+    if (q + 1 != qend) continue;
+    __m512 sw[NP];
+    MOELA_UNROLL for (int p = 0; p < NP; ++p) sw[p] = _mm512_load_ps(ps[p] + t * a8_panel);
+    MOELA_UNROLL for (int m = 0; m < MR; ++m) {
+      const __m512 s = _mm512_set1_ps(sx[m * lds + spans[static_cast<std::size_t>(t)].acol]);
       MOELA_UNROLL for (int p = 0; p < NP; ++p)
         facc[m][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m][p]), _mm512_mul_ps(sw[p], s), facc[m][p]);
     }
+    if (++t == S) break;
+    qend = (spans[static_cast<std::size_t>(t)].k1 + 3) / 4;
+    start(t);
   }
   MOELA_UNROLL for (int m = 0; m < MR; ++m) MOELA_UNROLL for (int p = 0; p < NP; ++p)
     _mm512_mask_storeu_ps(y + m * ldy + a8_panel * p, mask[p], facc[m][p]);
@@ -208,15 +217,14 @@ bool gemm_a8_vnni(float* y, index_t ldy, const std::int8_t* xq, const float* sx,
     thread_local std::vector<std::uint32_t> cbuf;
     thread_local std::vector<float> sbuf;
     thread_local std::vector<std::uint8_t> rbuf;
-    const index_t cn = quads * a8_panel + 16, sn = S * a8_panel + 16;  // + 16: room to align to 64 bytes
+    const index_t cn = (quads + 15) / 16 * 16 * a8_panel + 16, sn = S * a8_panel + 16;  // + 16: room to align to 64 bytes
     std::uint32_t* cb = grown(cbuf, 2 * cn);
     float* sb = grown(sbuf, 2 * sn);
     std::uint8_t* rb = grown(rbuf, a8_panel * ldrow);
-    auto aligned = [](auto* p) { return reinterpret_cast<decltype(p)>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63}); };
-    std::uint32_t* c0 = aligned(cb);
-    std::uint32_t* c1 = aligned(cb + cn);
-    float* s0 = aligned(sb);
-    float* s1 = aligned(sb + sn);
+    std::uint32_t* c0 = align64(cb);
+    std::uint32_t* c1 = align64(cb + cn);
+    float* s0 = align64(sb);
+    float* s1 = align64(sb + sn);
     for (index_t pr = pa; pr < pb; ++pr) {
       const index_t n0 = pr * 2 * a8_panel;
       const index_t nv0 = std::min(a8_panel, N - n0), nv1 = std::clamp<index_t>(N - n0 - a8_panel, 0, a8_panel);
@@ -231,16 +239,7 @@ bool gemm_a8_vnni(float* y, index_t ldy, const std::int8_t* xq, const float* sx,
           a8_tile<MR, 1>({c0}, {s0}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans, y + m * ldy + n0,
                          ldy, {m0});
       };
-      index_t m = 0;
-      for (; m + a8_tile_rows <= M; m += a8_tile_rows) rows(std::integral_constant<int, a8_tile_rows>{}, m);
-      switch (M - m) {
-        case 1: rows(std::integral_constant<int, 1>{}, m); break;
-        case 2: rows(std::integral_constant<int, 2>{}, m); break;
-        case 3: rows(std::integral_constant<int, 3>{}, m); break;
-        case 4: rows(std::integral_constant<int, 4>{}, m); break;
-        case 5: rows(std::integral_constant<int, 5>{}, m); break;
-        default: break;
-      }
+      for_each_row_tile<a8_tile_rows>(M, rows);
     }
   }, 1);
   return true;

@@ -1,0 +1,68 @@
+#pragma once
+/// \file moela/backend/cpu/x86/avx512_panel.hpp
+/// What the two panel GEMMs of AVX-512 share (internal, moela::detail; gemm_a8_avx512.hpp: quads
+/// of int8 codes per 32-bit lane, gemm_bf16_avx512.hpp: pairs of bf16): the 16 x 16 transpose of
+/// 32-bit elements that turns 16 weight rows into a k-major panel (64 shuffles per 16 lines
+/// instead of 256 scalar 4-byte moves), the walk over the activation rows in register tiles,
+/// and 64-byte alignment of scratch pointers.
+
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "moela/core/config.hpp"
+
+#if defined(__AVX512F__) && !defined(MOELA_FORCE_GENERIC)
+#include <immintrin.h>
+
+namespace moela::detail {
+
+/// dst[j * 16 + i] = src[i * lds + j] for i, j < 16 (32-bit elements; src rows of stride `lds`
+/// elements, dst 16 lines of 64 bytes, 64-byte aligned).
+MOELA_ALWAYS_INLINE void transpose16x16_epi32(const std::uint32_t* src, std::ptrdiff_t lds, std::uint32_t* dst) {
+  __m512i r[16], a[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * lds);
+  // Per 128-bit lane L: a[2i] = (r2i[4L], r2i+1[4L], r2i[4L+1], r2i+1[4L+1]), a[2i+1] the same of 4L+2, 4L+3.
+  for (int i = 0; i < 8; ++i) {
+    a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // r[4j + c], lane L: column 4L + c of rows 4j .. 4j + 3.
+  for (int j = 0; j < 4; ++j) {
+    r[4 * j + 0] = _mm512_unpacklo_epi64(a[4 * j], a[4 * j + 2]);
+    r[4 * j + 1] = _mm512_unpackhi_epi64(a[4 * j], a[4 * j + 2]);
+    r[4 * j + 2] = _mm512_unpacklo_epi64(a[4 * j + 1], a[4 * j + 3]);
+    r[4 * j + 3] = _mm512_unpackhi_epi64(a[4 * j + 1], a[4 * j + 3]);
+  }
+  // Line 4L + c = lanes L of r[c], r[4 + c], r[8 + c], r[12 + c]: a 4 x 4 transpose of lanes.
+  for (int c = 0; c < 4; ++c) {
+    const __m512i u0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44), u1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
+    const __m512i u2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44), u3 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
+    _mm512_store_si512(dst + (0 + c) * 16, _mm512_shuffle_i32x4(u0, u2, 0x88));
+    _mm512_store_si512(dst + (4 + c) * 16, _mm512_shuffle_i32x4(u0, u2, 0xDD));
+    _mm512_store_si512(dst + (8 + c) * 16, _mm512_shuffle_i32x4(u1, u3, 0x88));
+    _mm512_store_si512(dst + (12 + c) * 16, _mm512_shuffle_i32x4(u1, u3, 0xDD));
+  }
+}
+
+/// Calls `tile(std::integral_constant<int, MR>{}, m)` for m = 0, MR, 2 MR, ... over M rows, then
+/// once with the remainder (1 .. MR - 1 rows) as its compile-time row count.
+template <int MR, class Tile>
+MOELA_ALWAYS_INLINE void for_each_row_tile(std::ptrdiff_t M, Tile&& tile) {
+  std::ptrdiff_t m = 0;
+  for (; m + MR <= M; m += MR) tile(std::integral_constant<int, MR>{}, m);
+  if (m == M) return;
+  [&]<int... R>(std::integer_sequence<int, R...>) {
+    ((M - m == R + 1 ? (tile(std::integral_constant<int, R + 1>{}, m), 0) : 0), ...);
+  }(std::make_integer_sequence<int, MR - 1>{});
+}
+
+/// `p` rounded up to a multiple of 64 bytes (the caller's buffer has the room).
+template <class T>
+T* align64(T* p) {
+  return reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63});
+}
+
+}  // namespace moela::detail
+
+#endif
