@@ -4,13 +4,17 @@
 /// of int8 codes per 32-bit lane, gemm_bf16_avx512.hpp: pairs of bf16): the 16 x 16 transpose of
 /// 32-bit elements that turns 16 weight rows into a k-major panel (64 shuffles per 16 lines
 /// instead of 256 scalar 4-byte moves), the walk over the activation rows in register tiles,
-/// and 64-byte alignment of scratch pointers.
+/// the panel pairs a worker packs and their per-worker buffers.
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "moela/core/config.hpp"
+#include "moela/core/tensor.hpp"
 
 #if defined(__AVX512F__) && !defined(MOELA_FORCE_GENERIC)
 #include <immintrin.h>
@@ -62,6 +66,45 @@ template <class T>
 T* align64(T* p) {
   return reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63});
 }
+
+inline constexpr index_t panel_rows = 16;  ///< output rows per packed panel (one zmm of 32-bit lanes)
+
+/// The two panels a GEMM worker packs at a time (panel pair `pair` of N output rows): first
+/// row, valid rows of each panel (the second may have none) and their store masks.
+struct panel_pair {
+  index_t n0, nv[2];
+  __mmask16 mask[2];
+  panel_pair(index_t pair, index_t N) : n0(pair * 2 * panel_rows) {
+    nv[0] = std::min(panel_rows, N - n0);
+    nv[1] = std::clamp<index_t>(N - n0 - panel_rows, 0, panel_rows);
+    for (int p = 0; p < 2; ++p) mask[p] = static_cast<__mmask16>((1u << nv[p]) - 1);
+  }
+  static index_t count(index_t N) { return ((N + panel_rows - 1) / panel_rows + 1) / 2; }
+};
+
+/// One worker's pack buffers for a panel pair: codes[p] (`lines` lines of 16 dwords, rounded up
+/// to whole 16 x 16 transposes), scales[p] (`spans` lines of 16 floats), all 64-byte aligned,
+/// and 16 rows of `ldrow` elements of row scratch. The calling thread's buffers (call it inside
+/// the worker), grown once and reused.
+template <class Row>
+struct panel_pair_buffers {
+  std::uint32_t* codes[2];
+  float* scales[2];
+  Row* row;
+  panel_pair_buffers(index_t lines, index_t spans, index_t ldrow) {
+    thread_local std::vector<std::uint32_t> cbuf;
+    thread_local std::vector<float> sbuf;
+    thread_local std::vector<Row> rbuf;
+    const index_t cn = (lines + 15) / 16 * 16 * panel_rows + 16, sn = spans * panel_rows + 16;  // + 16: room to align
+    std::uint32_t* cb = grown(cbuf, 2 * cn);
+    float* sb = grown(sbuf, 2 * sn);
+    for (int p = 0; p < 2; ++p) {
+      codes[p] = align64(cb + p * cn);
+      scales[p] = align64(sb + p * sn);
+    }
+    row = grown(rbuf, panel_rows * ldrow);
+  }
+};
 
 }  // namespace moela::detail
 

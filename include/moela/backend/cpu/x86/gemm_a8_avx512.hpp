@@ -72,7 +72,7 @@ inline bool a8_spans(index_t K, index_t wg, std::vector<a8_span>& out) {
   return true;
 }
 
-inline constexpr index_t a8_panel = 16;  ///< output rows per packed panel (one zmm of int32)
+inline constexpr index_t a8_panel = panel_rows;  ///< output rows per packed panel (one zmm of int32)
 
 /// Packs rows [n0, n0 + nv) of `w` (nv <= 16) into `codes` (`quads` lines of 16 dwords, room for
 /// `quads` rounded up to 16, 64-byte aligned; rows past nv get c = 0) and `scales` (spans x 16 floats; 0 past nv). `row` is scratch of 16 x 4·quads
@@ -210,27 +210,19 @@ bool gemm_a8_vnni(float* y, index_t ldy, const std::int8_t* xq, const float* sx,
       init[m * S + t] = -128 * s;
     }
   }
-  const index_t panels = (N + a8_panel - 1) / a8_panel, pairs = (panels + 1) / 2;
   const index_t ldrow = (ldx + 63) / 64 * 64;
-  parallel_for(pairs, [&](index_t pa, index_t pb) {
-    // This worker's pack: two panels of codes and scales, and the row scratch.
-    thread_local std::vector<std::uint32_t> cbuf;
-    thread_local std::vector<float> sbuf;
-    thread_local std::vector<std::uint8_t> rbuf;
-    const index_t cn = (quads + 15) / 16 * 16 * a8_panel + 16, sn = S * a8_panel + 16;  // + 16: room to align to 64 bytes
-    std::uint32_t* cb = grown(cbuf, 2 * cn);
-    float* sb = grown(sbuf, 2 * sn);
-    std::uint8_t* rb = grown(rbuf, a8_panel * ldrow);
-    std::uint32_t* c0 = align64(cb);
-    std::uint32_t* c1 = align64(cb + cn);
-    float* s0 = align64(sb);
-    float* s1 = align64(sb + sn);
+  parallel_for(panel_pair::count(N), [&](index_t pa, index_t pb) {
+    const panel_pair_buffers<std::uint8_t> buf(quads, S, ldrow);  // this worker's pack
+    std::uint32_t* const c0 = buf.codes[0];
+    std::uint32_t* const c1 = buf.codes[1];
+    float* const s0 = buf.scales[0];
+    float* const s1 = buf.scales[1];
     for (index_t pr = pa; pr < pb; ++pr) {
-      const index_t n0 = pr * 2 * a8_panel;
-      const index_t nv0 = std::min(a8_panel, N - n0), nv1 = std::clamp<index_t>(N - n0 - a8_panel, 0, a8_panel);
-      a8_pack_panel(w, n0, nv0, spans, quads, c0, s0, rb, ldrow);
-      if (nv1 > 0) a8_pack_panel(w, n0 + a8_panel, nv1, spans, quads, c1, s1, rb, ldrow);
-      const __mmask16 m0 = static_cast<__mmask16>((1u << nv0) - 1), m1 = static_cast<__mmask16>((1u << nv1) - 1);
+      const panel_pair pp(pr, N);
+      const index_t n0 = pp.n0, nv0 = pp.nv[0], nv1 = pp.nv[1];
+      const __mmask16 m0 = pp.mask[0], m1 = pp.mask[1];
+      a8_pack_panel(w, n0, nv0, spans, quads, c0, s0, buf.row, ldrow);
+      if (nv1 > 0) a8_pack_panel(w, n0 + a8_panel, nv1, spans, quads, c1, s1, buf.row, ldrow);
       auto rows = [&]<int MR>(std::integral_constant<int, MR>, index_t m) {
         if (nv1 > 0)
           a8_tile<MR, 2>({c0, c1}, {s0, s1}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans,

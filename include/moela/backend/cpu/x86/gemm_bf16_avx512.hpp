@@ -60,7 +60,7 @@ namespace moela::detail {
 template <class Arch>
 inline constexpr bool use_avx512_bf16 = std::is_base_of_v<xsimd::avx512bw, Arch>;
 
-inline constexpr index_t bf16_panel = 16;     ///< output rows per packed panel (one zmm of fp32)
+inline constexpr index_t bf16_panel = panel_rows;  ///< output rows per packed panel (one zmm of fp32)
 inline constexpr index_t bf16_kblock = 2048;  ///< K per packed block: a panel of 64 KiB (L2)
 inline constexpr int bf16_tile_rows = 6;      ///< MR: 6 x 2 panels = 12 accumulators (+ 12 for FP8)
 
@@ -195,29 +195,21 @@ bool gemm_bf16_dp(float* y, index_t ldy, const moela::bf16* xb, index_t ldx, ind
   const index_t kbk = std::min(kb, K);
   const index_t ldrow = (kbk + 31) / 32 * 32, maxlines = ldrow / 2;
   const index_t maxspans = fp8 ? (kbk + bc - 1) / bc + 1 : 1;
-  const index_t panels = (N + bf16_panel - 1) / bf16_panel, pairs = (panels + 1) / 2;
-  parallel_for(pairs, [&](index_t pa, index_t pb) {
-    // This worker's pack: two panels of one K block, their span scales, the row scratch.
-    thread_local std::vector<std::uint32_t> cbuf;
-    thread_local std::vector<float> sbuf;
-    thread_local std::vector<moela::bf16> rbuf;
-    const index_t cn = maxlines * bf16_panel + 16, sn = maxspans * bf16_panel + 16;  // + 16: room to align
-    std::uint32_t* cb = grown(cbuf, 2 * cn);
-    float* sb = grown(sbuf, 2 * sn);
-    moela::bf16* rb = grown(rbuf, bf16_panel * ldrow);
-    std::uint32_t* c0 = align64(cb);
-    std::uint32_t* c1 = align64(cb + cn);
-    float* s0 = align64(sb);
-    float* s1 = align64(sb + sn);
+  parallel_for(panel_pair::count(N), [&](index_t pa, index_t pb) {
+    const panel_pair_buffers<moela::bf16> buf(maxlines, maxspans, ldrow);  // this worker's pack
+    std::uint32_t* const c0 = buf.codes[0];
+    std::uint32_t* const c1 = buf.codes[1];
+    float* const s0 = buf.scales[0];
+    float* const s1 = buf.scales[1];
     alignas(64) float ob[bf16_tile_rows * 2 * bf16_panel];
     for (index_t pr = pa; pr < pb; ++pr) {
-      const index_t n0 = pr * 2 * bf16_panel;
-      const index_t nv0 = std::min(bf16_panel, N - n0), nv1 = std::clamp<index_t>(N - n0 - bf16_panel, 0, bf16_panel);
-      const __mmask16 m0 = static_cast<__mmask16>((1u << nv0) - 1), m1 = static_cast<__mmask16>((1u << nv1) - 1);
+      const panel_pair pp(pr, N);
+      const index_t n0 = pp.n0, nv0 = pp.nv[0], nv1 = pp.nv[1];
+      const __mmask16 m0 = pp.mask[0], m1 = pp.mask[1];
       for (index_t k0 = 0; k0 < K; k0 += kb) {
         const index_t len = std::min(kb, K - k0), lines = (len + 1) / 2;
-        bf16_pack_panel(w, n0, nv0, k0, len, c0, s0, rb, ldrow);
-        if (nv1 > 0) bf16_pack_panel(w, n0 + bf16_panel, nv1, k0, len, c1, s1, rb, ldrow);
+        bf16_pack_panel(w, n0, nv0, k0, len, c0, s0, buf.row, ldrow);
+        if (nv1 > 0) bf16_pack_panel(w, n0 + bf16_panel, nv1, k0, len, c1, s1, buf.row, ldrow);
         const moela::bf16* xk = xb + k0;
         const bool add = k0 > 0;
         auto rows = [&]<int MR>(std::integral_constant<int, MR>, index_t m) {
