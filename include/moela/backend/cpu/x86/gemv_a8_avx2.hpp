@@ -39,21 +39,14 @@ namespace moela::detail {
 
 inline constexpr index_t a8_group = quant::int8_activation_group;
 
-/// Software prefetch of a weight stream, `gemv_prefetch_bytes` ahead of `p`. Rows are contiguous,
-/// so near a row's end this reaches into the rows of the kernel's next pass: it starts their
-/// streams before the hardware prefetcher, which re-learns each new row set, would. The kernels
-/// below need fewer instructions per byte than DRAM delivers to one core. On rows of 1-2 KiB
-/// (K = 2048), 4 KiB ahead took int4 from 8.6-10.5 to 12.9-14.8 GB/s and int8 from 12.1-12.7 to
-/// 13-16 GB/s (2 threads); 8 KiB, the int8 kernel's whole 4-row pass at K = 2048, took int8 on to
-/// 17-20 GB/s on every shape and int4 up by 5-10% (16 KiB lost again, 1-2 KiB gained less). The
-/// fp32-decode kernels of gemv_avx2.hpp are bound by their decode instructions; a prefetch moved
-/// them within noise, either way.
+/// Prefetch distance of these kernels (into L1, `prefetch_ahead` of gemv_avx2.hpp). They need
+/// fewer instructions per byte than DRAM delivers to one core. Measured on the Zen 1 (AVX2) host,
+/// rows of 1-2 KiB (K = 2048): 4 KiB ahead took int4 from 8.6-10.5 to 12.9-14.8 GB/s and int8 from
+/// 12.1-12.7 to 13-16 GB/s (2 threads); 8 KiB, the int8 kernel's whole 4-row pass at K = 2048,
+/// took int8 on to 17-20 GB/s on every shape and int4 up by 5-10% (16 KiB lost again, 1-2 KiB
+/// gained less). (The fp32-decode kernels of gemv_avx2.hpp moved within noise there; on the
+/// AVX-512 host 16 KiB into L2 lifted them, see gemv_fast_prefetch_bytes.)
 inline constexpr std::size_t gemv_prefetch_bytes = 8192;
-MOELA_ALWAYS_INLINE void prefetch_ahead(const void* p) {
-  // An address, not a pointer into the array: past a matrix's end it points at nothing (a
-  // prefetch never faults), and integer arithmetic keeps that well defined.
-  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + gemv_prefetch_bytes), _MM_HINT_T0);
-}
 
 /// The weight rows n .. n + R - 1 of a kernel pass (rows past `rr` repeat the last one): codes
 /// (int4: packed bytes), scales and zero points (nullptr without them).
@@ -98,7 +91,7 @@ void gemv_a8_avx2_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx, 
         __m256i xv[M];
         MOELA_UNROLL for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * ldx + k));
         MOELA_UNROLL for (int r = 0; r < R; ++r) {
-          prefetch_ahead(rows[r] + k);
+          prefetch_ahead<gemv_prefetch_bytes, _MM_HINT_T0>(rows[r] + k);
           const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + k));
           const __m256i u = _mm256_abs_epi8(c);
           MOELA_UNROLL for (int m = 0; m < M; ++m) {
@@ -243,7 +236,7 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const float* 
         xhi[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + m * ldx + c + 32));
       }
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
-        prefetch_ahead(rows[r] + c / 2);
+        prefetch_ahead<gemv_prefetch_bytes, _MM_HINT_T0>(rows[r] + c / 2);
         const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + c / 2)), flip);
         const __m256i lo = _mm256_and_si256(v, mask), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
         // Lane j covers codes c + 8j .. c + 8j + 7, i.e. weight group (c + 8j) / G.

@@ -81,7 +81,7 @@ void gemv_a8_avx512_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx
         sxv[m] = _mm512_set1_ps(sx[m * lds + c / a8_group]);
       }
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
-        if constexpr (Ahead > 0) _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[r] + c) + Ahead), static_cast<_mm_hint>(Hint));
+        prefetch_ahead<Ahead, Hint>(rows[r] + c);
         const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(rows[r] + c), bias);
         const __m512 sw = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][c / wg]));
         MOELA_UNROLL for (int m = 0; m < M; ++m) {
@@ -164,7 +164,7 @@ void gemv_a8_avx512_int4(const qmatrix<F>& w, const std::int8_t* xp, const float
         sxv[m] = _mm512_set1_ps(sx[m * lds + c / a8_group]);
       }
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
-        if constexpr (Ahead > 0) _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[r] + c / 2) + Ahead), static_cast<_mm_hint>(Hint));
+        prefetch_ahead<Ahead, Hint>(rows[r] + c / 2);
         const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(rows[r] + c / 2), flip);
         const __m512i lo = _mm512_and_si512(v, mask), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
         const __m512 sw = a8_lane_scales<G>(srow[r] + c / G);

@@ -115,10 +115,22 @@ MOELA_ALWAYS_INLINE void x16(const float* x, __m256& a, __m256& b) {
   }
 }
 
-/// Software prefetch distance of the 16- and 8-weight loops and of the int4 kernel: 16 KiB ahead of each row
-/// stream, into L2, the distance and level the integer GEMV measured best on the AVX-512 host
-/// (gemv_a8_avx512.hpp). The address is formed in integers (it may lie past the row's end; a
-/// prefetch never faults).
+/// Software prefetch of a weight stream, `Bytes` ahead of `p` into the cache level `Hint`
+/// (_MM_HINT_T0: L1, T1: L2), nothing for Bytes = 0; every GEMV kernel's prefetch. Rows are
+/// contiguous, so near a row's end this reaches into the rows of the kernel's next pass and
+/// starts their streams before the hardware prefetcher, which re-learns each new row set, would.
+template <std::size_t Bytes, int Hint>
+MOELA_ALWAYS_INLINE void prefetch_ahead(const void* p) {
+  // An address, not a pointer into the array: past a matrix's end it points at nothing (a
+  // prefetch never faults), and integer arithmetic keeps that well defined.
+  if constexpr (Bytes > 0)
+    _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + Bytes), static_cast<_mm_hint>(Hint));
+}
+
+/// The fast-mode kernels below prefetch each row stream 16 KiB ahead into L2, the distance and
+/// level the integer GEMV measured best on the AVX-512 host (gemv_a8_avx512.hpp); on that host it
+/// took bf16 from 0.67 / 0.73 to 0.92 / 0.87 of the triad bandwidth (K x N = 2048 x 10944 /
+/// 7168 x 2048, docs/performance.md, seventh pass).
 inline constexpr std::size_t gemv_fast_prefetch_bytes = 16384;
 
 /// Factor that turns load8's value into the code value (1, or 256 for E4M3).
@@ -161,8 +173,7 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
           MOELA_UNROLL for (int m = 0; m < M; ++m) x16<F>(x + m * ldx + k, xa[m], xb[m]);
           MOELA_UNROLL for (int r = 0; r < R; ++r) {
             __m256 wa, wb;
-            // Into L2, gemv_fast_prefetch_bytes ahead (see there).
-            _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[r] + k) + gemv_fast_prefetch_bytes), _MM_HINT_T1);
+            prefetch_ahead<gemv_fast_prefetch_bytes, _MM_HINT_T1>(rows[r] + k);
             load16<F>(rows[r] + k, wa, wb, nan[r]);
             MOELA_UNROLL for (int m = 0; m < M; ++m) {
               acc[r][m] = _mm256_fmadd_ps(wa, xa[m], acc[r][m]);
@@ -176,7 +187,7 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
         __m256 xv[M];
         MOELA_UNROLL for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * ldx + k);
         MOELA_UNROLL for (int r = 0; r < R; ++r) {
-          _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[r] + k) + gemv_fast_prefetch_bytes), _MM_HINT_T1);
+          prefetch_ahead<gemv_fast_prefetch_bytes, _MM_HINT_T1>(rows[r] + k);
           const __m256 wv = load8<F>(rows[r] + k, nan[r]);
           MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(wv, xv[m], acc[r][m]);
         }
@@ -263,7 +274,7 @@ void gemv_avx2_int4(const qmatrix<F>& w, const float* xp, index_t ldx, const flo
       MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
       __m256i v[R];
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[r] + c / 2) + gemv_fast_prefetch_bytes), _MM_HINT_T1);
+        prefetch_ahead<gemv_fast_prefetch_bytes, _MM_HINT_T1>(rows[r] + c / 2);
         v[r] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + c / 2)), flip);
       }
       // Nibble s of each 32-bit lane: even s from the low nibbles, odd s from the high ones.
