@@ -42,6 +42,12 @@ void report(const char* name, const moela::tensor<float, 2>& w_f32, const moela:
     moela::matmul(y.view(), x.cview(), w, q::mode::int8_activations{});
     std::printf("   with int8 activations: %.2e", rel_err(y, y_ref));
   }
+  if constexpr (q::bf16_exact_format<F>) {
+    // activations rounded to bf16, exact products with the weight values (vdpbf16ps for M > 4
+    // on AVX512-BF16); a with_mode<F, mode::bf16_activations> format (bf16_a16) makes it the default.
+    moela::matmul(y.view(), x.cview(), w, q::mode::bf16_activations{});
+    std::printf("   with bf16 activations: %.2e", rel_err(y, y_ref));
+  }
   std::printf("\n");
 }
 
@@ -76,6 +82,9 @@ int main(int argc, char** argv) {
     std::printf("fast mode      error vs f32 weights: %.2e (fp32 rounding only)\n", rel_err(y_fast, y_ref));
     std::printf("faithful mode  error vs f32 weights: %.2e (adds 1x128 E4M3 activation quantization)\n",
                 rel_err(y_faithful, y_ref));
+    moela::tensor<float, 2> y_bf16({3, w.rows()});
+    moela::matmul(y_bf16.view(), x.cview(), w, q::mode::bf16_activations{});  // W8A16: FP8 codes x bf16 x
+    std::printf("bf16 activations error vs f32 weights: %.2e (adds the bf16 rounding of x)\n", rel_err(y_bf16, y_ref));
     // The same tensors as quant::fp8_block_w8a8: the faithful mode becomes the default, which is
     // how a whole model runs W8A8 (deepseek_model<quant::fp8_block_w8a8, ...>).
     const auto w8a8 = moela::qmatrix<q::fp8_block_w8a8>::borrow(w.codes(), w.scales());

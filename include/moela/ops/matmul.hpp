@@ -116,24 +116,21 @@ void matmul_int8_rows(tensor_view<float, 2> y, const quant::int8_activation_rows
 
 /// y = xb · Wᵀ for bf16 activation rows `xb` (stride ldx, even, >= K rounded up to even, the
 /// padding column zero), shapes already checked: the one path of `mode::bf16_activations`.
-/// AVX512-BF16 and M > 4: the `vdpbf16ps` GEMM; otherwise the rows widened (exactly) to fp32
-/// through the fast mode.
+/// The `vdpbf16ps` GEMM where bf16_gemm_runs; otherwise (and when the GEMM declines an odd
+/// FP8 block width) the rows widened exactly to fp32 through the fast mode.
 template <class Arch, class Format>
 void matmul_bf16_rows(tensor_view<float, 2> y, const moela::bf16* xb, index_t ldx, index_t m, const qmatrix<Format>& w) {
   static_assert(quant::bf16_exact_format<Format>,
                 "matmul: mode::bf16_activations needs a bf16 or fp8_block weight (values exact in bf16)");
   if (m == 0) return;
-  const index_t ldy = m > 1 ? y.stride(0) : w.rows(), k = w.cols();
+  const index_t ldy = m > 1 ? y.stride(0) : w.rows();
 #ifdef MOELA_AVX512_GEMM_BF16
   if constexpr (use_avx512_bf16<Arch>)
-    if (m > 4 && gemm_bf16_dp(y.data(), ldy, xb, ldx, m, w)) return;
+    if (bf16_gemm_runs<Arch>(m) && gemm_bf16_dp(y.data(), ldy, xb, ldx, m, w)) return;
 #endif
-  thread_local std::vector<float> buf;  // the calling thread's, grown once and reused
-  float* xf = grown(buf, m * k);
-  for (index_t r = 0; r < m; ++r)
-    to_float<Arch>(std::span<const moela::bf16>(xb + r * ldx, static_cast<std::size_t>(k)),
-                   std::span<float>(xf + r * k, static_cast<std::size_t>(k)));
-  qgemm<Arch, Format, false>(y.data(), ldy, xf, k, m, w, nullptr);
+  index_t ldf = 0;
+  const float* xf = f32_rows<Arch>(const_view<moela::bf16, 2>(xb, {m, w.cols()}, {ldx, 1}), ldf);
+  qgemm<Arch, Format, false>(y.data(), ldy, xf, ldf, m, w, nullptr);
 }
 
 /// x as bf16 rows of even stride with a zero padding column for odd K (what matmul_bf16_rows
@@ -213,11 +210,12 @@ void matmul(cpu<A>, tensor_view<float, 2> y, const_view<float, 2> x, const qmatr
 template <class A, class Format, class Mode = quant::default_mode_t<Format>>
 void matmul(cpu<A>, tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const qmatrix<Format>& w, Mode = {}) {
   detail::check_matmul_shapes(y, x, w);
-  // bf16 x bf16-exact weights: the bf16 kernels, which are exact on these operands (the fast mode
-  // and mode::bf16_activations are the same numerics here), for the batches where they pay.
-  if constexpr (std::is_same_v<Mode, quant::mode::bf16_activations> ||
-                (std::is_same_v<Mode, quant::mode::fast> && quant::bf16_exact_format<Format>)) {
-    if (std::is_same_v<Mode, quant::mode::bf16_activations> || x.extent(0) > 4) {
+  // bf16 activations with a bf16-exact weight: mode::bf16_activations and the fast mode are the
+  // same numerics (the rounding to bf16 is exact), so both take the bf16 GEMM where it runs and
+  // the fast mode on the widened rows elsewhere.
+  constexpr bool bf16_mode = std::is_same_v<Mode, quant::mode::bf16_activations>;
+  if constexpr (bf16_mode || (std::is_same_v<Mode, quant::mode::fast> && quant::bf16_exact_format<Format>)) {
+    if (detail::bf16_gemm_runs<A>(x.extent(0))) {
       index_t ldb = 0;
       const moela::bf16* xb = detail::bf16_rows<A>(x, ldb);
       detail::matmul_bf16_rows<A>(y, xb, ldb, x.extent(0), w);
@@ -226,7 +224,7 @@ void matmul(cpu<A>, tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const
   }
   index_t ldx = 0;
   const float* xf = detail::f32_rows<A>(x, ldx);
-  detail::matmul_f32<A, Format, Mode>(y, xf, ldx, x.extent(0), w);
+  detail::matmul_f32<A, Format, std::conditional_t<bf16_mode, quant::mode::fast, Mode>>(y, xf, ldx, x.extent(0), w);
 }
 
 /// `y = dequant(xq) · Wᵀ` on the CPU backend for activations quantized beforehand

@@ -228,3 +228,19 @@ bool gemm_bf16_dp(float* y, index_t ldy, const moela::bf16* xb, index_t ldx, ind
 }  // namespace moela::detail
 
 #endif  // MOELA_AVX512_GEMM_BF16
+
+namespace moela::detail {
+
+/// Whether `matmul` gives `m` bf16 activation rows on `Arch` to gemm_bf16_dp: the kernel is
+/// compiled in, Arch is an AVX-512 arch and m > 4 (for fewer rows the pack, a copy of the whole
+/// weight per call, costs more than the GEMV's in-register decode).
+template <class Arch>
+constexpr bool bf16_gemm_runs([[maybe_unused]] index_t m) {
+#ifdef MOELA_AVX512_GEMM_BF16
+  return use_avx512_bf16<Arch> && m > 4;
+#else
+  return false;
+#endif
+}
+
+}  // namespace moela::detail
