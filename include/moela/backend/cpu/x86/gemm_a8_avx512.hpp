@@ -213,22 +213,18 @@ bool gemm_a8_vnni(float* y, index_t ldy, const std::int8_t* xq, const float* sx,
   const index_t ldrow = (ldx + 63) / 64 * 64;
   parallel_for(panel_pair::count(N), [&](index_t pa, index_t pb) {
     const panel_pair_buffers<std::uint8_t> buf(quads, S, ldrow);  // this worker's pack
-    std::uint32_t* const c0 = buf.codes[0];
-    std::uint32_t* const c1 = buf.codes[1];
-    float* const s0 = buf.scales[0];
-    float* const s1 = buf.scales[1];
     for (index_t pr = pa; pr < pb; ++pr) {
       const panel_pair pp(pr, N);
       const index_t n0 = pp.n0, nv0 = pp.nv[0], nv1 = pp.nv[1];
       const __mmask16 m0 = pp.mask[0], m1 = pp.mask[1];
-      a8_pack_panel(w, n0, nv0, spans, quads, c0, s0, buf.row, ldrow);
-      if (nv1 > 0) a8_pack_panel(w, n0 + a8_panel, nv1, spans, quads, c1, s1, buf.row, ldrow);
+      a8_pack_panel(w, n0, nv0, spans, quads, buf.codes[0], buf.scales[0], buf.row, ldrow);
+      if (nv1 > 0) a8_pack_panel(w, n0 + a8_panel, nv1, spans, quads, buf.codes[1], buf.scales[1], buf.row, ldrow);
       auto rows = [&]<int MR>(std::integral_constant<int, MR>, index_t m) {
         if (nv1 > 0)
-          a8_tile<MR, 2>({c0, c1}, {s0, s1}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans,
+          a8_tile<MR, 2>({buf.codes[0], buf.codes[1]}, {buf.scales[0], buf.scales[1]}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans,
                          y + m * ldy + n0, ldy, {m0, m1});
         else
-          a8_tile<MR, 1>({c0}, {s0}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans, y + m * ldy + n0,
+          a8_tile<MR, 1>({buf.codes[0]}, {buf.scales[0]}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans, y + m * ldy + n0,
                          ldy, {m0});
       };
       for_each_row_tile<a8_tile_rows>(M, rows);

@@ -197,10 +197,6 @@ bool gemm_bf16_dp(float* y, index_t ldy, const moela::bf16* xb, index_t ldx, ind
   const index_t maxspans = fp8 ? (kbk + bc - 1) / bc + 1 : 1;
   parallel_for(panel_pair::count(N), [&](index_t pa, index_t pb) {
     const panel_pair_buffers<moela::bf16> buf(maxlines, maxspans, ldrow);  // this worker's pack
-    std::uint32_t* const c0 = buf.codes[0];
-    std::uint32_t* const c1 = buf.codes[1];
-    float* const s0 = buf.scales[0];
-    float* const s1 = buf.scales[1];
     alignas(64) float ob[bf16_tile_rows * 2 * bf16_panel];
     for (index_t pr = pa; pr < pb; ++pr) {
       const panel_pair pp(pr, N);
@@ -208,15 +204,15 @@ bool gemm_bf16_dp(float* y, index_t ldy, const moela::bf16* xb, index_t ldx, ind
       const __mmask16 m0 = pp.mask[0], m1 = pp.mask[1];
       for (index_t k0 = 0; k0 < K; k0 += kb) {
         const index_t len = std::min(kb, K - k0), lines = (len + 1) / 2;
-        bf16_pack_panel(w, n0, nv0, k0, len, c0, s0, buf.row, ldrow);
-        if (nv1 > 0) bf16_pack_panel(w, n0 + bf16_panel, nv1, k0, len, c1, s1, buf.row, ldrow);
+        bf16_pack_panel(w, n0, nv0, k0, len, buf.codes[0], buf.scales[0], buf.row, ldrow);
+        if (nv1 > 0) bf16_pack_panel(w, n0 + bf16_panel, nv1, k0, len, buf.codes[1], buf.scales[1], buf.row, ldrow);
         const moela::bf16* xk = xb + k0;
         const bool add = k0 > 0;
         auto rows = [&]<int MR>(std::integral_constant<int, MR>, index_t m) {
           if (nv1 > 0)
-            bf16_tile<MR, 2, span>({c0, c1}, {s0, s1}, xk + m * ldx, ldx, lines, y + m * ldy + n0, ldy, {m0, m1}, add, ob);
+            bf16_tile<MR, 2, span>({buf.codes[0], buf.codes[1]}, {buf.scales[0], buf.scales[1]}, xk + m * ldx, ldx, lines, y + m * ldy + n0, ldy, {m0, m1}, add, ob);
           else
-            bf16_tile<MR, 1, span>({c0}, {s0}, xk + m * ldx, ldx, lines, y + m * ldy + n0, ldy, {m0}, add, ob);
+            bf16_tile<MR, 1, span>({buf.codes[0]}, {buf.scales[0]}, xk + m * ldx, ldx, lines, y + m * ldy + n0, ldy, {m0}, add, ob);
         };
         for_each_row_tile<bf16_tile_rows>(M, rows);
       }
