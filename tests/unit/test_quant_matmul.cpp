@@ -36,9 +36,11 @@ index_t odd_k() {
 /// Checks y against the float64 product x · dequant(W)ᵀ. The kernel's only error is fp32
 /// accumulation of K exact-or-rounded products: |err| <= (K + 2) u Σ|x w| (standard bound for
 /// any summation order, u = 2^-24; +2 for the product and the final partial-sum add).
-/// int4: the AVX2 GEMV sums unsigned codes u in [0, 15] and subtracts z * Σx per group
-/// (z = 8 or the zero point, <= 15), so its terms are bounded by s (|u| + z) |x| <= 30 s |x|
-/// instead of |w x|: the bound uses Σ 30 s |x| for those formats.
+/// int4: the GEMV kernels sum offset codes and subtract the offset times Σx per group, so their
+/// terms are bounded by the offset codes, not by |w x|. The AVX2 kernel sums u x (u in [0, 15])
+/// and subtracts z Σx (z = 8 or the zero point, <= 15): terms <= 30 s |x|. The AVX-512 kernel
+/// sums (1 + u/16) x, scaled by 16 s (terms < 32 s |x|), and subtracts (16 + z) s Σx
+/// (<= 31 s |x|): terms <= 63 s |x|. The bound uses Σ 64 s |x| for those formats.
 template <class F>
 void check_against_f64(const tensor<float, 2>& y, const_view<float, 2> x, const qmatrix<F>& w) {
   const auto wd = w.dequantize();
@@ -49,7 +51,7 @@ void check_against_f64(const tensor<float, 2>& y, const_view<float, 2> x, const 
       double ref = 0, mag = 0;
       for (index_t t = 0; t < k; ++t) {
         ref += double(x(i, t)) * double(wd(j, t));
-        mag += F::packed4 ? 30.0 * w.scale_at(j, t) * std::fabs(double(x(i, t)))
+        mag += F::packed4 ? 64.0 * w.scale_at(j, t) * std::fabs(double(x(i, t)))
                           : std::fabs(double(x(i, t)) * double(wd(j, t)));
       }
       const double tol = double(k + 2) * u32 * mag + 1e-30;

@@ -36,6 +36,7 @@
 #include "moela/backend/cpu/x86/gemm_a8_avx512.hpp"
 #include "moela/backend/cpu/x86/gemv_a8_avx2.hpp"
 #include "moela/backend/cpu/x86/gemv_a8_avx512.hpp"
+#include "moela/backend/cpu/x86/gemv_avx512.hpp"
 #include "moela/backend/cpu/x86/gemv_avx2.hpp"
 #include "moela/quant/qmatrix.hpp"
 
@@ -342,6 +343,19 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
   if constexpr (use_avx2<Arch> && !Faithful) {
     if (M <= 4) {  // decode GEMV / tiny batches: fused decode-and-FMA kernels, rows split across threads
       auto run = [&]<int MM>(std::integral_constant<int, MM>) {
+#ifdef MOELA_AVX512_GEMV_FAST
+        if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch> && fast512_format<F>) {
+          // AVX-512 kernels (gemv_avx512.hpp): x laid out in the decoders' lane order.
+          constexpr index_t C = fast512_chunk<F>;
+          const index_t Kp = (K + C - 1) / C * C, ng = F::packed4 ? K / F::group : 0;
+          thread_local std::vector<float> prep;  // grown once, reused across calls
+          float* xp = grown(prep, MM * (Kp + ng));
+          float* gsum = xp + MM * Kp;
+          for (int m = 0; m < MM; ++m) fast512_prepare_x<F>(x + m * ldx, K, xp + m * Kp, gsum + m * ng);
+          parallel_for(N, [&](index_t a, index_t b) { gemv_avx512_fast<F, MM>(w, xp, Kp, gsum, a, b, y, ldy); });
+          return;
+        }
+#endif
         if constexpr (F::kind == quant::format_kind::int4_group) {
           const index_t ng = K / F::group;
           thread_local std::vector<float> prep;  // grown once, reused across calls

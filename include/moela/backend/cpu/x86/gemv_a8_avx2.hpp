@@ -49,7 +49,8 @@ inline constexpr index_t a8_group = quant::int8_activation_group;
 inline constexpr std::size_t gemv_prefetch_bytes = 8192;
 
 /// The weight rows n .. n + R - 1 of a kernel pass (rows past `rr` repeat the last one): codes
-/// (int4: packed bytes), scales and zero points (nullptr without them).
+/// (int4: packed bytes), scales (FP8 blocks: the row's block row) and zero points (nullptr
+/// without them).
 template <class F, int R>
 struct a8_rows {
   const typename F::code_type* codes[R];
@@ -59,7 +60,7 @@ struct a8_rows {
     for (int r = 0; r < R; ++r) {
       const index_t nr = n + std::min(r, rr - 1);
       codes[r] = w.row_codes(nr);
-      scales[r] = w.scale_data() + nr * w.scale_cols();
+      scales[r] = w.scale_data() + nr / F::block_rows * w.scale_cols();  // (FP8: the row's block row)
       zeros[r] = F::has_zero ? w.zero_data() + nr * w.scale_cols() : nullptr;
     }
   }

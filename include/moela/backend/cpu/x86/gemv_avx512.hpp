@@ -1,0 +1,263 @@
+#pragma once
+/// \file moela/backend/cpu/x86/gemv_avx512.hpp
+/// Fast-mode (fp32 activations) decode-and-multiply GEMV kernels for M = 1..4 rows on AVX-512
+/// (internal; used by moela/backend/cpu/qgemm.hpp in place of gemv_avx2.hpp's kernels for the
+/// FP8, INT8 and INT4 formats when the build and Arch have AVX512-BW and VNNI).
+///
+/// Every kernel walks a row in chunks of one 64-byte load and decodes the chunk into fp32 vectors
+/// of 16 weights, each multiplied with 16 activations that `fast512_prepare_x` laid out in the
+/// order the decoder produces them (so no decoder needs a shuffle); the scale of a span (an FP8
+/// block's columns, an INT8 group or row) multiplies the span's partial sums once. Per 64 bytes:
+/// - FP8 (64 codes): two unpacks against zero put each code in the high byte of a 16-bit lane,
+///   E4M3 then takes an arithmetic shift and a mask (the code becomes an fp16 bit pattern of
+///   value / 256), E5M2 is fp16 already; four `vcvtph2ps`; E4M3 NaN codes (which that pattern
+///   makes finite) are tracked by a running byte max. 11 ops + 4 FMA (the AVX2 kernel: 24 + 8).
+/// - INT8 (64 codes): four sign-extending loads and converts. 8 ops + 4 FMA.
+/// - INT4 (128 codes): for each nibble s of the 32-bit lanes one shift and one `vpternlogd` turn
+///   it into the float 1 + u/16 (u: the nibble, sign-flipped to c + 8 for symmetric codes, placed
+///   in the top mantissa bits under the exponent of 1.0), exact; then Σ (u - z) x =
+///   16 Σ (1 + u/16) x - (16 + z) Σ x, the second term from group sums of x, once per row.
+///   16 ops + 8 FMA + 3 for the lane scales (the AVX2 kernel: 44 + 16).
+///
+/// Roofline (per call): bytes = w.bytes() + 4*M*K; FLOPs = 2*M*N*K: memory bound, so the target
+/// is the weights streamed at the triad bandwidth. On Zen 4 (two 256-bit FMA pipes, 512-bit ops
+/// take two slots) one core needs ~6 weight bytes per cycle for that: int4 is at the edge
+/// (12 fp32 MACs per cycle of 16), FP8 and INT8 have room. Measured: docs/performance.md.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "moela/backend/cpu/x86/avx512_qdot.hpp"
+#include "moela/backend/cpu/x86/gemv_a8_avx512.hpp"
+#include "moela/backend/cpu/x86/gemv_avx2.hpp"
+#include "moela/quant/qmatrix.hpp"
+
+// Shares the lane-scale helper of the VNNI GEMV, hence its build condition (AVX512-BW + VNNI).
+#ifdef MOELA_AVX512_GEMV_A8
+#define MOELA_AVX512_GEMV_FAST 1
+
+namespace moela::detail {
+
+/// Codes per 64-byte chunk of format F's rows (two per byte for int4).
+template <class F>
+inline constexpr index_t fast512_chunk = F::packed4 ? 128 : 64;
+
+/// The formats and shapes these kernels take: FP8 blocks, INT8 and INT4 whose scale spans along
+/// K are whole chunks (FP8 block columns and INT8 groups multiples of 64; INT4 groups are 32,
+/// 64 or 128, so a chunk holds whole groups) or the whole row.
+template <class F>
+inline constexpr bool fast512_format =
+    (F::kind == quant::format_kind::fp8_block && F::group % 64 == 0) || F::kind == quant::format_kind::int8_rowwise ||
+    (F::kind == quant::format_kind::int8_group && F::group % 64 == 0) || F::kind == quant::format_kind::int4_group;
+
+/// Where activation j of a chunk comes from (the lane order of the decoder's vectors).
+template <class F>
+constexpr index_t fast512_source(index_t j) {
+  if constexpr (F::packed4) {  // vector s, lane i: nibble s of 32-bit lane i = code 8i + s
+    return 8 * (j % 16) + j / 16;
+  } else if constexpr (F::kind == quant::format_kind::fp8_block) {
+    // Vector v (0..3) = the low / high 256 bits (v & 1) of the unpack-lo (v < 2) / unpack-hi
+    // result; element e < 16 of it: 128-bit lane 2 (v & 1) + e / 8, byte 8 (v / 2) + e % 8.
+    const index_t v = j / 16, e = j % 16;
+    return 16 * (2 * (v & 1) + e / 8) + 8 * (v / 2) + e % 8;
+  } else {  // int8: in order
+    return j;
+  }
+}
+
+/// Lays out one activation row for the kernels: xp[c + j] = x[c + fast512_source<F>(j)] for each
+/// chunk c, zeros past K (xp has K rounded up to a chunk). INT4 also gets the group sums
+/// gsum[g] = Σ x over group g.
+template <class F>
+void fast512_prepare_x(const float* x, index_t K, float* xp, float* gsum) {
+  constexpr index_t C = fast512_chunk<F>;
+  const index_t Kp = (K + C - 1) / C * C;
+  for (index_t c = 0; c < Kp; c += C)
+    for (index_t j = 0; j < C; ++j) {
+      const index_t k = c + fast512_source<F>(j);
+      xp[c + j] = k < K ? x[k] : 0.0f;
+    }
+  if constexpr (F::packed4) {
+    for (index_t g = 0; g < K / F::group; ++g) {
+      float s = 0;
+      for (index_t k = g * F::group; k < (g + 1) * F::group; ++k) s += x[k];
+      gsum[g] = s;
+    }
+  }
+}
+
+/// `vpternlogd` immediate of f(a, b, c) = b ? a ^ c : c (a: shifted codes, b: mask, c: constant).
+inline constexpr int ternlog_select_xor = 0x6A;
+
+/// Decodes the 64-byte chunk at p into V = fast512_chunk<F> / 16 vectors (lane order of
+/// fast512_source), unscaled: E4M3 gives value / 256, INT4 gives 1 + u / 16.
+template <class F>
+MOELA_ALWAYS_INLINE void fast512_decode(const std::uint8_t* p, __m512 (&out)[fast512_chunk<F> / 16], __m512i& nan) {
+  using C = typename F::code_type;
+  if constexpr (F::packed4) {
+    const __m512i v = _mm512_loadu_si512(p);
+    const __m512i mask = _mm512_set1_epi32(0x00780000);  // mantissa bits 19..22
+    // Symmetric codes: flip the nibble's sign bit (bit 22) to get u = c + 8.
+    const __m512i one = _mm512_set1_epi32(F::has_zero ? 0x3F800000 : 0x3FC00000);
+    MOELA_UNROLL for (int s = 0; s < 8; ++s) {
+      const __m512i t = s <= 4 ? _mm512_slli_epi32(v, 19 - 4 * s) : _mm512_srli_epi32(v, 4 * s - 19);
+      out[s] = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(t, mask, one, ternlog_select_xor));
+    }
+  } else if constexpr (std::is_same_v<C, std::int8_t>) {
+    MOELA_UNROLL for (int q = 0; q < 4; ++q)
+      out[q] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * q))));
+  } else {
+    const __m512i v = _mm512_loadu_si512(p);
+    __m512i lo = _mm512_unpacklo_epi8(_mm512_setzero_si512(), v), hi = _mm512_unpackhi_epi8(_mm512_setzero_si512(), v);
+    if constexpr (std::is_same_v<C, fp8_e4m3>) {
+      nan = _mm512_max_epu8(nan, _mm512_and_si512(v, _mm512_set1_epi8(0x7F)));
+      const __m512i keep = _mm512_set1_epi16(static_cast<short>(0xBFFF));  // sign and 7 bits below bit 14
+      lo = _mm512_and_si512(_mm512_srai_epi16(lo, 1), keep);
+      hi = _mm512_and_si512(_mm512_srai_epi16(hi, 1), keep);
+    }
+    out[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(lo));
+    out[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(lo, 1));
+    out[2] = _mm512_cvtph_ps(_mm512_castsi512_si256(hi));
+    out[3] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(hi, 1));
+  }
+}
+
+/// Σ_g s_g (16 + z_g) gsum_g over a row's ng groups (z_g = 8 for symmetric codes): the offset the
+/// INT4 kernel takes off, 16 groups per step.
+template <class F>
+MOELA_ALWAYS_INLINE float int4_offset_sum(const typename F::scale_type* s, const std::uint8_t* z, const float* gs,
+                                          index_t ng) {
+  __m512 acc = _mm512_setzero_ps();
+  index_t g = 0;
+  for (; g + 16 <= ng; g += 16) {
+    __m512 sv;
+    if constexpr (std::is_same_v<typename F::scale_type, float>)
+      sv = _mm512_loadu_ps(s + g);
+    else
+      sv = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + g))), 16));
+    __m512 off = _mm512_set1_ps(24.0f);
+    if constexpr (F::has_zero)
+      off = _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(z + g)))),
+                          _mm512_set1_ps(16.0f));
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, off), _mm512_loadu_ps(gs + g), acc);
+  }
+  float sum = hsum_ps_512<xsimd::avx512bw>(acc);
+  for (; g < ng; ++g) sum += quant::detail::scale_to_float(s[g]) * (16.0f + (F::has_zero ? float(z[g]) : 8.0f)) * gs[g];
+  return sum;
+}
+
+/// y[m, n] for n in [n0, n1), m < M, fast mode, fast512_format<F>. `xp` rows (stride ldx) from
+/// fast512_prepare_x, `gsum` their INT4 group sums (rows of stride K / G).
+template <class F, int M>
+void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const float* gsum, index_t n0, index_t n1,
+                      float* y, index_t ldy) {
+  static_assert(fast512_format<F>);
+  constexpr index_t C = fast512_chunk<F>, V = C / 16, B = C / (F::packed4 ? 2 : 1);  // B: bytes per chunk
+  constexpr int R = M <= 2 ? 2 : 1;  // rows per pass (M = 1: 4 measured no better than 2)
+  constexpr bool e4m3 = std::is_same_v<typename F::code_type, fp8_e4m3>;
+  const index_t K = w.cols(), kfull = K / C * C;
+  // Scale span along K (a multiple of C, or the whole row); INT4 scales per lane, every chunk.
+  const index_t span = F::kind == quant::format_kind::int8_rowwise || F::packed4 ? K : F::group;
+  const float rescale = e4m3 ? 256.0f : 1.0f;
+  for (index_t n = n0; n < n1; n += R) {
+    const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
+    const a8_rows<F, R> rw(w, n, rr);
+    const std::uint8_t* rows[R];
+    for (int r = 0; r < R; ++r) rows[r] = reinterpret_cast<const std::uint8_t*>(rw.codes[r]);
+    const auto& srow = rw.scales;
+    __m512 total[R][M];
+    __m512i nan[R];
+    MOELA_UNROLL for (int r = 0; r < R; ++r) {
+      nan[r] = _mm512_setzero_si512();
+      MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = _mm512_setzero_ps();
+    }
+    for (index_t s0 = 0; s0 < K; s0 += span) {
+      const index_t s1 = std::min(K, s0 + span);
+      __m512 acc[R][M][2];  // two chains per output
+      MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m][0] = acc[r][m][1] =
+          _mm512_setzero_ps();
+      // One chunk at code c of every row, from src[r]: decode, FMA, and (INT4) the lane scales.
+      auto chunk = [&](index_t c, const std::uint8_t* const (&src)[R]) MOELA_ALWAYS_INLINE_LAMBDA {
+        MOELA_UNROLL for (int r = 0; r < R; ++r) {
+          __m512 wv[V];
+          fast512_decode<F>(src[r], wv, nan[r]);
+          if constexpr (!F::packed4) {
+            MOELA_UNROLL for (int m = 0; m < M; ++m) MOELA_UNROLL for (int v = 0; v < V; ++v) acc[r][m][v & 1] =
+                _mm512_fmadd_ps(wv[v], _mm512_loadu_ps(xp + m * ldx + c + 16 * v), acc[r][m][v & 1]);
+          } else {  // lane i covers codes 8i .. 8i + 7: one group
+            __m512 cacc[M][2];
+            MOELA_UNROLL for (int m = 0; m < M; ++m) {
+              cacc[m][0] = _mm512_mul_ps(wv[0], _mm512_loadu_ps(xp + m * ldx + c));
+              cacc[m][1] = _mm512_mul_ps(wv[1], _mm512_loadu_ps(xp + m * ldx + c + 16));
+              MOELA_UNROLL for (int v = 2; v < V; ++v) cacc[m][v & 1] =
+                  _mm512_fmadd_ps(wv[v], _mm512_loadu_ps(xp + m * ldx + c + 16 * v), cacc[m][v & 1]);
+            }
+            const index_t g0 = c / F::group;
+            __m512 sv;
+            if (c < kfull) {
+              sv = a8_lane_scales<F::group>(srow[r] + g0);
+            } else {  // the groups past K are not there: zeros
+              float part[4] = {};
+              for (index_t g = g0; g < K / F::group; ++g) part[g - g0] = quant::detail::scale_to_float(srow[r][g]);
+              sv = a8_lane_scales<F::group>(part);
+            }
+            MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] =
+                _mm512_fmadd_ps(_mm512_add_ps(cacc[m][0], cacc[m][1]), sv, total[r][m]);
+          }
+        }
+      };
+      const index_t cfull = std::min(s1, kfull);
+      for (index_t c = s0; c < cfull; c += C) {
+        const std::uint8_t* src[R];
+        MOELA_UNROLL for (int r = 0; r < R; ++r) {
+          src[r] = rows[r] + c / (C / B);
+          prefetch_ahead<gemv_fast_prefetch_bytes, _MM_HINT_T1>(src[r]);
+        }
+        chunk(c, src);
+      }
+      if (cfull < s1) {  // a last partial chunk, decoded from zero-padded copies (xp is zero there too)
+        alignas(64) std::uint8_t tail[R][64] = {};
+        const std::uint8_t* src[R];
+        for (int r = 0; r < R; ++r) {
+          std::memcpy(tail[r], rows[r] + cfull / (C / B), static_cast<std::size_t>((K - cfull) / (C / B)));
+          src[r] = tail[r];
+        }
+        chunk(cfull, src);
+      }
+      if constexpr (!F::packed4) {
+        MOELA_UNROLL for (int r = 0; r < R; ++r) {
+          // FP8: the row's block row of scales; INT8: the row's scales (group s0 / span).
+          const __m512 sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][s0 / span]) * rescale);
+          MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] =
+              _mm512_fmadd_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]), sv, total[r][m]);
+        }
+      }
+    }
+    for (int r = 0; r < rr; ++r) {
+      const index_t nr = n + r;
+      // A NaN weight makes its row's outputs NaN, as dequantize-then-multiply does (the decode
+      // above turns NaN codes into finite values).
+      bool row_nan = false;
+      if constexpr (e4m3)
+        row_nan = _mm512_cmpeq_epi8_mask(nan[r], _mm512_set1_epi8(0x7F)) != 0;
+      for (int m = 0; m < M; ++m) {
+        float sum = hsum_ps_512<xsimd::avx512bw>(total[r][m]);
+        if constexpr (F::packed4) {
+          // Σ_g s_g (u - z) x = 16 Σ_g s_g Σ (1 + u/16) x - Σ_g s_g (16 + z_g) gsum_g.
+          const index_t ng = K / F::group;
+          const float corr = int4_offset_sum<F>(srow[r], rw.zeros[r], gsum + m * ng, ng);
+          sum = 16.0f * sum - corr;
+        }
+        y[m * ldy + nr] = row_nan ? std::numeric_limits<float>::quiet_NaN() : sum;
+      }
+    }
+  }
+}
+
+}  // namespace moela::detail
+
+#endif  // MOELA_AVX512_GEMV_FAST
