@@ -54,21 +54,15 @@ inline int default_thread_count() {
 template <class T>
 T spin_then_wait(const std::atomic<T>& a, T old, int spin_us) {
   T v = a.load(std::memory_order_acquire);
-  if (v != old || spin_us <= 0) {
-    while (v == old) {
-      a.wait(old, std::memory_order_acquire);
-      v = a.load(std::memory_order_acquire);
-    }
-    return v;
-  }
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
-  for (unsigned i = 1;; ++i) {
+  if (v == old && spin_us > 0) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+    for (unsigned i = 1; v == old; ++i) {
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #endif
-    v = a.load(std::memory_order_acquire);
-    if (v != old) return v;
-    if (i % 64 == 0 && std::chrono::steady_clock::now() > until) break;
+      v = a.load(std::memory_order_acquire);
+      if (i % 64 == 0 && std::chrono::steady_clock::now() > until) break;
+    }
   }
   while (v == old) {
     a.wait(old, std::memory_order_acquire);

@@ -226,6 +226,16 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
   }
 }
 
+/// xsum[g] = Σ x over group g (G wide) for g < K / G: what the int4 GEMV kernels (AVX2 and
+/// AVX-512) take the code offset off with.
+inline void int4_group_sums(const float* x, index_t K, index_t G, float* xsum) {
+  for (index_t g = 0; g < K / G; ++g) {
+    float s = 0;
+    for (index_t k = g * G; k < (g + 1) * G; ++k) s += x[k];
+    xsum[g] = s;
+  }
+}
+
 /// Permutes x for the int4 kernel: within each 64-wide chunk, xp[c*64 + s*8 + L] = x[c*64 + 8L + s]
 /// (the order in which nibble s of 32-bit lane L comes out of a 32-byte load); a last partial
 /// chunk (K % 64 == 32) is copied unpermuted. Also writes the group sums xsum[g] = Σ x over
@@ -236,11 +246,7 @@ inline void int4_prepare_x(const float* x, index_t K, index_t G, float* xp, floa
     for (int s = 0; s < 8; ++s)
       for (int L = 0; L < 8; ++L) xp[c + s * 8 + L] = x[c + 8 * L + s];
   for (; c < K; ++c) xp[c] = x[c];
-  for (index_t g = 0; g < K / G; ++g) {
-    float s = 0;
-    for (index_t k = g * G; k < (g + 1) * G; ++k) s += x[k];
-    xsum[g] = s;
-  }
+  int4_group_sums(x, K, G, xsum);
 }
 
 /// Roofline: streams K/2 code bytes + K/G scales (+ zeros) per row; 2 * M FLOPs per weight plus

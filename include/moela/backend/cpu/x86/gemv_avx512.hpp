@@ -80,13 +80,7 @@ void fast512_prepare_x(const float* x, index_t K, float* xp, float* gsum) {
       const index_t k = c + fast512_source<F>(j);
       xp[c + j] = k < K ? x[k] : 0.0f;
     }
-  if constexpr (F::packed4) {
-    for (index_t g = 0; g < K / F::group; ++g) {
-      float s = 0;
-      for (index_t k = g * F::group; k < (g + 1) * F::group; ++k) s += x[k];
-      gsum[g] = s;
-    }
-  }
+  if constexpr (F::packed4) int4_group_sums(x, K, F::group, gsum);
 }
 
 /// `vpternlogd` immediate of f(a, b, c) = b ? a ^ c : c (a: shifted codes, b: mask, c: constant).
@@ -156,13 +150,12 @@ template <class F, int M>
 void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const float* gsum, index_t n0, index_t n1,
                       float* y, index_t ldy) {
   static_assert(fast512_format<F>);
-  constexpr index_t C = fast512_chunk<F>, V = C / 16, B = C / (F::packed4 ? 2 : 1);  // B: bytes per chunk
+  constexpr index_t C = fast512_chunk<F>, V = C / 16, P = F::packed4 ? 2 : 1;  // P: codes per byte
   constexpr int R = M <= 2 ? 2 : 1;  // rows per pass (M = 1: 4 measured no better than 2)
   constexpr bool e4m3 = std::is_same_v<typename F::code_type, fp8_e4m3>;
   const index_t K = w.cols(), kfull = K / C * C;
   // Scale span along K (a multiple of C, or the whole row); INT4 scales per lane, every chunk.
   const index_t span = F::kind == quant::format_kind::int8_rowwise || F::packed4 ? K : F::group;
-  const float rescale = e4m3 ? 256.0f : 1.0f;
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
     const a8_rows<F, R> rw(w, n, rr);
@@ -180,8 +173,9 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
       __m512 acc[R][M][2];  // two chains per output
       MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m][0] = acc[r][m][1] =
           _mm512_setzero_ps();
-      // One chunk at code c of every row, from src[r]: decode, FMA, and (INT4) the lane scales.
-      auto chunk = [&](index_t c, const std::uint8_t* const (&src)[R]) MOELA_ALWAYS_INLINE_LAMBDA {
+      // One chunk at code c of every row, from src[r]: decode, FMA, and (INT4) the lane scales;
+      // `partial`: the last chunk, shorter than C (a constant at each call).
+      auto chunk = [&](index_t c, const std::uint8_t* const (&src)[R], bool partial) MOELA_ALWAYS_INLINE_LAMBDA {
         MOELA_UNROLL for (int r = 0; r < R; ++r) {
           __m512 wv[V];
           fast512_decode<F>(src[r], wv, nan[r]);
@@ -198,7 +192,7 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
             }
             const index_t g0 = c / F::group;
             __m512 sv;
-            if (c < kfull) {
+            if (!partial) {
               sv = a8_lane_scales<F::group>(srow[r] + g0);
             } else {  // the groups past K are not there: zeros
               float part[4] = {};
@@ -214,24 +208,24 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
       for (index_t c = s0; c < cfull; c += C) {
         const std::uint8_t* src[R];
         MOELA_UNROLL for (int r = 0; r < R; ++r) {
-          src[r] = rows[r] + c / (C / B);
+          src[r] = rows[r] + c / P;
           prefetch_ahead<gemv_fast_prefetch_bytes, _MM_HINT_T1>(src[r]);
         }
-        chunk(c, src);
+        chunk(c, src, false);
       }
       if (cfull < s1) {  // a last partial chunk, decoded from zero-padded copies (xp is zero there too)
         alignas(64) std::uint8_t tail[R][64] = {};
         const std::uint8_t* src[R];
         for (int r = 0; r < R; ++r) {
-          std::memcpy(tail[r], rows[r] + cfull / (C / B), static_cast<std::size_t>((K - cfull) / (C / B)));
+          std::memcpy(tail[r], rows[r] + cfull / P, static_cast<std::size_t>((K - cfull) / P));
           src[r] = tail[r];
         }
-        chunk(cfull, src);
+        chunk(cfull, src, true);
       }
       if constexpr (!F::packed4) {
         MOELA_UNROLL for (int r = 0; r < R; ++r) {
           // FP8: the row's block row of scales; INT8: the row's scales (group s0 / span).
-          const __m512 sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][s0 / span]) * rescale);
+          const __m512 sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][s0 / span]) * load8_rescale<F>);
           MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] =
               _mm512_fmadd_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]), sv, total[r][m]);
         }
