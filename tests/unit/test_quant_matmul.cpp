@@ -270,12 +270,17 @@ int int_offset(const qmatrix<F>& w, index_t n, index_t k) {
 TEST_CASE_TEMPLATE("int8 activations (W8A8 / W4A8) equal the float64 integer reference, all paths", F,
                    MOELA_INTEGER_FORMATS) {
   std::mt19937 rng(21);
-  const index_t k = F::kind == q::format_kind::int8_rowwise ? 301 : F::group == 256 ? 512 : odd_k<F>();
-  const index_t wg = F::group == 0 ? k : F::group, kb = (k + 127) / 128;
+  const index_t k0 = F::kind == q::format_kind::int8_rowwise ? 301 : F::group == 256 ? 512 : odd_k<F>();
+  // int4 G = 32: also K % 128 = 64 and 96, the AVX-512 kernel's other partial last chunks.
+  std::vector<index_t> ks = {k0};
+  if (F::packed4 && F::group == 32) ks.insert(ks.end(), {index_t{320}, index_t{352}});
+  for (const index_t k : ks)
   for (index_t n : {index_t{1}, index_t{7}, index_t{201}}) {
+    const index_t wg = F::group == 0 ? k : F::group, kb = (k + 127) / 128;
     const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
     const auto wd = w.dequantize();
     for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{5}, index_t{17}}) {
+      CAPTURE(k);
       CAPTURE(n);
       CAPTURE(m);
       const auto x = random_matrix(rng, m, k);

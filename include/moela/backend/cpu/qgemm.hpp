@@ -513,26 +513,30 @@ void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[m
           // plain pointers (a thread_local named inside the lambda would be the worker's own).
           thread_local std::vector<std::int8_t> xp_buf;
           thread_local std::vector<float> gsum_buf;
-          std::int8_t* xp = grown(xp_buf, MM * K);
-          float* gsum = grown(gsum_buf, MM * K / 32);
-          // Rows of xp have stride K and of gsum K / 32 (K is a multiple of G >= 32).
+          // Rows of xp hold K rounded up to whole 128-code chunks (a8_int4_prepare pads the last),
+          // rows of gsum ldp / 32 groups (K is a multiple of G >= 32).
+          const index_t ldp = (K + 127) / 128 * 128;
+          std::int8_t* xp = grown(xp_buf, MM * ldp);
+          float* gsum = grown(gsum_buf, MM * ldp / 32);
           for (int m = 0; m < MM; ++m) {
 #ifdef MOELA_AVX512_GEMV_A8
             if constexpr (vnni) {
-              a8_int4_prepare<128>(xq + m * K, sx + m * lds, K, F::group, a8_int4_group_mul<F>, xp + m * K, gsum + m * K / 32);
+              a8_int4_prepare<128>(xq + m * K, sx + m * lds, K, F::group, a8_int4_group_mul<F>, xp + m * ldp,
+                                   gsum + m * ldp / 32);
               continue;
             }
 #endif
-            a8_int4_prepare(xq + m * K, sx + m * lds, K, F::group, a8_int4_group_mul<F>, xp + m * K, gsum + m * K / 32);
+            a8_int4_prepare(xq + m * K, sx + m * lds, K, F::group, a8_int4_group_mul<F>, xp + m * ldp,
+                            gsum + m * ldp / 32);
           }
           parallel_for(N, [&](index_t a, index_t b) {
 #ifdef MOELA_AVX512_GEMV_A8
             if constexpr (vnni) {
-              gemv_a8_avx512_int4<F, MM>(w, xp, gsum, xq, K, sx, lds, a, b, y, ldy);
+              gemv_a8_avx512_int4<F, MM>(w, xp, ldp, gsum, sx, lds, a, b, y, ldy);
               return;
             }
 #endif
-            gemv_a8_avx2_int4<F, MM>(w, xp, gsum, xq, K, sx, lds, a, b, y, ldy);
+            gemv_a8_avx2_int4<F, MM>(w, xp, ldp, gsum, xq, K, sx, lds, a, b, y, ldy);
           });
         } else {
 #ifdef MOELA_AVX512_GEMV_A8

@@ -120,12 +120,6 @@ void gemv_a8_avx2_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx, 
   }
 }
 
-/// Activation layout of the int4 kernel: within each 64-wide chunk, xp[c + i] = xq[c + 2i] and
-/// xp[c + 32 + i] = xq[c + 2i + 1] (i < 32), the order of the low and high nibbles of a 32-byte
-/// load. `gsum[g]` = `mul` · sx[g G / 128] · Σ xq over weight group g: the offset correction of
-/// group g before its weight scale (`mul` = 8, the offset of signed codes, for symmetric formats;
-/// 1 with a zero point, which the kernel multiplies in). A last partial chunk (K % 64 == 32, G = 32)
-/// is left to the scalar tail and gets no gsum.
 /// gsum[g] = mul · sx[g G / 128] · Σ xq over weight group g, g < ng (see a8_int4_prepare).
 inline void a8_int4_group_sums(const std::int8_t* xq, const float* sx, index_t ng, index_t G, std::int32_t mul,
                                float* gsum) {
@@ -136,8 +130,14 @@ inline void a8_int4_group_sums(const std::int8_t* xq, const float* sx, index_t n
   }
 }
 
-/// `Chunk` is the codes of one weight load: 64 here (32 bytes), 128 for the AVX-512 kernel
-/// (gemv_a8_avx512.hpp), whose chunks are then split into Chunk / 2 even and Chunk / 2 odd codes.
+/// Activation layout of the int4 kernels: within each `Chunk`-wide chunk c, xp[c + i] = xq[c + 2i]
+/// and xp[c + Chunk/2 + i] = xq[c + 2i + 1] (i < Chunk/2), the order of the low and high nibbles
+/// of one weight load (`Chunk` = 64 codes here, 32 bytes; 128 for the AVX-512 kernel of
+/// gemv_a8_avx512.hpp). A last partial chunk (K % Chunk != 0) is laid out as a whole chunk with
+/// zeros past K, so `xp` holds round_up(K, Chunk) codes. `gsum[g]` = `mul` · sx[g G / 128] · Σ xq
+/// over weight group g, for all K / G groups: the offset correction of group g before its weight
+/// scale (`mul` = 8, the offset of signed codes, for symmetric formats; 1 with a zero point,
+/// which the kernel multiplies in).
 template <index_t Chunk = 64>
 void a8_int4_prepare(const std::int8_t* xq, const float* sx, index_t K, index_t G, std::int32_t mul, std::int8_t* xp,
                      float* gsum) {
@@ -147,7 +147,15 @@ void a8_int4_prepare(const std::int8_t* xq, const float* sx, index_t K, index_t 
       xp[c + i] = xq[c + 2 * i];
       xp[c + Chunk / 2 + i] = xq[c + 2 * i + 1];
     }
-  a8_int4_group_sums(xq, sx, kfull / G, G, mul, gsum);
+  if (kfull < K) {
+    std::int8_t last[Chunk] = {};
+    std::memcpy(last, xq + kfull, static_cast<std::size_t>(K - kfull));
+    for (index_t i = 0; i < Chunk / 2; ++i) {
+      xp[kfull + i] = last[2 * i];
+      xp[kfull + Chunk / 2 + i] = last[2 * i + 1];
+    }
+  }
+  a8_int4_group_sums(xq, sx, K / G, G, mul, gsum);
 }
 
 /// The `mul` argument of a8_int4_prepare for format F.
@@ -202,9 +210,9 @@ float a8_int4_tail(const std::uint8_t* row, const typename F::scale_type* s, [[m
   return sum;
 }
 
-/// y[m, n] for n in [n0, n1), int4_group weights. `xp`/`gsum`: a8_int4_prepare'd rows (strides ldx
-/// and ldx / 32, `mul` = a8_int4_group_mul<F>); `xq`: the unpermuted codes (for the tail); `sx`:
-/// group scales.
+/// y[m, n] for n in [n0, n1), int4_group weights. `xp`/`gsum`: a8_int4_prepare'd rows (strides ldp
+/// and ldp / 32, `mul` = a8_int4_group_mul<F>); `xq`: the unpermuted codes (stride ldx, for the
+/// tail); `sx`: group scales.
 ///
 /// With u the nibble as an unsigned value (signed codes flipped so that c = u - 8), each 32-bit
 /// lane gets the exact Σ u·q of its 8 codes; lanes are scaled by their weight group's scale and
@@ -214,8 +222,9 @@ float a8_int4_tail(const std::uint8_t* row, const typename F::scale_type* s, [[m
 /// are of the same magnitude (|u| <= 15, z <= 15), so the fp32 difference loses no more than a
 /// few units of fp32 rounding of Σ u·q.
 template <class F, int M>
-void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const float* gsum, const std::int8_t* xq,
-                       index_t ldx, const float* sx, index_t lds, index_t n0, index_t n1, float* y, index_t ldy) {
+void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, index_t ldp, const float* gsum,
+                       const std::int8_t* xq, index_t ldx, const float* sx, index_t lds, index_t n0, index_t n1, float* y,
+                       index_t ldy) {
   constexpr index_t G = F::group;
   constexpr int R = M == 1 ? 2 : 1;
   const index_t K = w.cols(), kfull = K / 64 * 64, ngfull = kfull / G;
@@ -233,8 +242,8 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const float* 
     auto chunk = [&](index_t c, __m256 (&acc)[R][M]) MOELA_ALWAYS_INLINE_LAMBDA {
       __m256i xlo[M], xhi[M];
       MOELA_UNROLL for (int m = 0; m < M; ++m) {
-        xlo[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + m * ldx + c));
-        xhi[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + m * ldx + c + 32));
+        xlo[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + m * ldp + c));
+        xhi[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + m * ldp + c + 32));
       }
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
         prefetch_ahead<gemv_prefetch_bytes, _MM_HINT_T0>(rows[r] + c / 2);
@@ -269,7 +278,7 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, const float* 
     for (int r = 0; r < rr; ++r) {
       const index_t nr = n + r;
       for (int m = 0; m < M; ++m) {
-        float sum = hsum_ps(total[r][m]) - a8_int4_correction<F>(srow[r], zrow[r], gsum + m * (ldx / 32), ngfull);
+        float sum = hsum_ps(total[r][m]) - a8_int4_correction<F>(srow[r], zrow[r], gsum + m * (ldp / 32), ngfull);
         sum += a8_int4_tail<F>(rows[r], srow[r], zrow[r], xq + m * ldx, sx + m * lds, kfull, K);  // K % 64 == 32
         y[m * ldy + nr] = sum;
       }

@@ -108,7 +108,7 @@ void gemv_a8_avx512_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx
 
 /// Activation layout of the int4 kernel: a8_int4_prepare<128> (gemv_a8_avx2.hpp): within each
 /// 128-wide chunk c, xp[c + j] = xq[c + 2j] and xp[c + 64 + j] = xq[c + 2j + 1] (j < 64), the
-/// order of the low and high nibbles of a 64-byte load; `gsum` for the groups of whole chunks.
+/// order of the low and high nibbles of a 64-byte load; a last partial chunk zero-padded.
 
 /// The 16 lanes' weight scales of a 128-code chunk: lane i covers codes 8i .. 8i + 7, i.e. group
 /// 8i / G of the chunk (`s` points at the chunk's first group).
@@ -138,13 +138,17 @@ MOELA_ALWAYS_INLINE __m512 a8_lane_scales(const S* s) {
 }
 
 /// y[m, n] for n in [n0, n1), int4_group weights; `xp`/`gsum` from a8_int4_prepare<128> (strides
-/// ldx and ldx / 32), `xq` the unpermuted codes (for the tail), `sx` the group scales.
+/// ldp and ldp / 32), `sx` the activation group scales (stride lds).
+///
+/// A last partial chunk (K % 128 = 32, 64 or 96: K is a multiple of G) goes through the same
+/// chunk body as the others, from a zero-padded copy of the row's last codes: xp is zero past K,
+/// so the padding contributes nothing, and the lanes of groups past K get scale 0.
 template <class F, int M, std::size_t Ahead = gemv_avx512_prefetch_bytes, int Hint = _MM_HINT_T1>
-void gemv_a8_avx512_int4(const qmatrix<F>& w, const std::int8_t* xp, const float* gsum, const std::int8_t* xq,
-                         index_t ldx, const float* sx, index_t lds, index_t n0, index_t n1, float* y, index_t ldy) {
+void gemv_a8_avx512_int4(const qmatrix<F>& w, const std::int8_t* xp, index_t ldp, const float* gsum, const float* sx,
+                         index_t lds, index_t n0, index_t n1, float* y, index_t ldy) {
   constexpr index_t G = F::group;
   constexpr int R = M == 1 ? 2 : 1;
-  const index_t K = w.cols(), kfull = K / 128 * 128, ngfull = kfull / G;
+  const index_t K = w.cols(), kfull = K / 128 * 128;
   const __m512i mask = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(F::has_zero ? 0 : static_cast<char>(0x88));
   for (index_t n = n0; n < n1; n += R) {
@@ -155,33 +159,54 @@ void gemv_a8_avx512_int4(const qmatrix<F>& w, const std::int8_t* xp, const float
     const auto& zrow = rw.zeros;
     __m512 total[R][M];
     MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = _mm512_setzero_ps();
-    for (index_t c = 0; c < kfull; c += 128) {
+    // One 128-code chunk at code c, row r's 64 code bytes at src[r]; `partial`: the last chunk,
+    // shorter than 128 codes (a constant at each call).
+    auto chunk = [&](index_t c, const std::uint8_t* const (&src)[R], bool partial) MOELA_ALWAYS_INLINE_LAMBDA {
       __m512i xe[M], xo[M];
       __m512 sxv[M];
       MOELA_UNROLL for (int m = 0; m < M; ++m) {
-        xe[m] = _mm512_loadu_si512(xp + m * ldx + c);
-        xo[m] = _mm512_loadu_si512(xp + m * ldx + c + 64);
+        xe[m] = _mm512_loadu_si512(xp + m * ldp + c);
+        xo[m] = _mm512_loadu_si512(xp + m * ldp + c + 64);
         sxv[m] = _mm512_set1_ps(sx[m * lds + c / a8_group]);
       }
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
-        prefetch_ahead<Ahead, Hint>(rows[r] + c / 2);
-        const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(rows[r] + c / 2), flip);
+        const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(src[r]), flip);
         const __m512i lo = _mm512_and_si512(v, mask), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-        const __m512 sw = a8_lane_scales<G>(srow[r] + c / G);
+        __m512 sw;
+        if (!partial) {
+          sw = a8_lane_scales<G>(srow[r] + c / G);
+        } else {  // the groups past K are not there: scale 0
+          float part[128 / G] = {};
+          for (index_t g = 0; g < (K - c) / G; ++g) part[g] = quant::detail::scale_to_float(srow[r][c / G + g]);
+          sw = a8_lane_scales<G>(part);
+        }
         MOELA_UNROLL for (int m = 0; m < M; ++m) {
           const __m512i acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe[m]), hi, xo[m]);
           total[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(sw, sxv[m]), total[r][m]);
         }
       }
-    }
-    for (int r = 0; r < rr; ++r) {
-      for (int m = 0; m < M; ++m) {
-        float sum = hsum_ps_512<xsimd::avx512bw>(total[r][m]) -
-                    a8_int4_correction<F>(srow[r], zrow[r], gsum + m * (ldx / 32), ngfull);
-        sum += a8_int4_tail<F>(rows[r], srow[r], zrow[r], xq + m * ldx, sx + m * lds, kfull, K);  // K % 128 != 0
-        y[m * ldy + n + r] = sum;
+    };
+    for (index_t c = 0; c < kfull; c += 128) {
+      const std::uint8_t* src[R];
+      MOELA_UNROLL for (int r = 0; r < R; ++r) {
+        src[r] = rows[r] + c / 2;
+        prefetch_ahead<Ahead, Hint>(src[r]);
       }
+      chunk(c, src, false);
     }
+    if (kfull < K) {  // the last partial chunk, from zero-padded copies of the codes
+      alignas(64) std::uint8_t tail[R][64] = {};
+      const std::uint8_t* src[R];
+      for (int r = 0; r < R; ++r) {
+        std::memcpy(tail[r], rows[r] + kfull / 2, static_cast<std::size_t>((K - kfull) / 2));
+        src[r] = tail[r];
+      }
+      chunk(kfull, src, true);
+    }
+    for (int r = 0; r < rr; ++r)
+      for (int m = 0; m < M; ++m)
+        y[m * ldy + n + r] = hsum_ps_512<xsimd::avx512bw>(total[r][m]) -
+                             a8_int4_correction<F>(srow[r], zrow[r], gsum + m * (ldp / 32), K / G);
   }
 }
 
