@@ -81,12 +81,7 @@ double decode_bytes(state<Format>& s, index_t context) {
         [&](auto& layer) {
           const auto& w = layer.attention().impl().weights();
           b += double(w.q_proj.bytes() + w.q_a_proj.bytes() + w.q_b_proj.bytes() + w.kv_a_proj.bytes() + w.o_proj.bytes());
-          // absorbed mode reads W_UK^T and W_UV (kv_b_proj's values in the absorbed format)
-          using absorbed = typename std::remove_cvref_t<decltype(layer.attention().impl())>::absorb_matrix;
-          b += double(w.kv_b_proj.rows()) * double(w.kv_b_proj.cols()) *
-               (std::is_same_v<typename absorbed::format, Format> ? double(w.kv_b_proj.bytes()) /
-                                                                         (double(w.kv_b_proj.rows()) * double(w.kv_b_proj.cols()))
-                                                                   : 4.0);
+          b += double(layer.attention().impl().absorbed_bytes());  // W_UK^T, W_UV of absorbed mode
           b += 2.0 * double(c.hidden_size) * 4;  // norm weights
           auto& f = layer.ffn().impl();
           if constexpr (std::remove_cvref_t<decltype(layer)>::is_moe) {

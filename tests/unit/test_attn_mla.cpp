@@ -69,6 +69,43 @@ TEST_CASE("mla: naive == absorbed, with and without q_lora_rank, across tile bou
   }
 }
 
+TEST_CASE_TEMPLATE("mla: absorbed reads W_UV in place from a quantized kv_b_proj; naive == absorbed", F,
+                   quant::fp8_block<128, 128>, quant::int4_group<32>, quant::int8_rowwise<>) {
+  // nope = v = 128: W_UV(h) starts on a 128-row block of kv_b_proj, so every format reads it in
+  // place; with nope = 64 the FP8 blocks straddle heads and W_UV is copied to FP32 instead. Both
+  // modes multiply the same dequantized weights in fp32 (the fast mode), so they differ by
+  // summation order only, as in the FP32 test above.
+  for (const index_t nope : {index_t{128}, index_t{64}}) {
+    CAPTURE(nope);
+    attn::mla_config cfg = attn_test::small_config(0);
+    cfg.heads = 3; cfg.kv_rank = 160; cfg.nope_dim = nope; cfg.v_dim = 128;
+    std::mt19937 rng(5);
+    const auto x = attn_test::random_matrix(rng, 70, cfg.hidden, 1.f);
+    attn::mla<cpu<>, F, attn::cache_f32> layer(cfg, attn_test::random_weights<F>(rng, cfg));
+    const bool in_place = nope % F::block_rows == 0;
+    CHECK(layer.wuv_in_place() == in_place);
+    // W_UK^T copies in FP32 (3 heads x 160 x nope x 4 bytes), plus W_UV: in place its rows of
+    // kv_b_proj (the v / (nope + v) share of its bytes), else FP32 copies.
+    const std::size_t wuk = 3 * 160 * static_cast<std::size_t>(nope) * 4;
+    const std::size_t wuv = in_place ? layer.weights().kv_b_proj.bytes() / std::size_t(nope + 128) * 128 : 3 * 128 * 160 * 4;
+    CHECK(layer.absorbed_bytes() == wuk + wuv);
+    attn::paged_cache<attn::cache_f32> ca(attn::mla_cache_layout(cfg), 4), cn(attn::mla_cache_layout(cfg), 4);
+    const index_t sa = ca.add_sequence(), sn = cn.add_sequence();
+    tensor<float, 2> oa({70, cfg.hidden}), on({70, cfg.hidden});
+    index_t t = 0;
+    for (index_t n : {67L, 1L, 1L, 1L}) {  // a prefill, then decode steps (the GEMV kernels)
+      attn::seq_chunk c1{sa, n}, c2{sn, n};
+      layer.forward(ca, std::span(&c1, 1), x.cview().slice(0, t, t + n), oa.view().slice(0, t, t + n),
+                    attn::mla_mode::absorbed);
+      layer.forward(cn, std::span(&c2, 1), x.cview().slice(0, t, t + n), on.view().slice(0, t, t + n),
+                    attn::mla_mode::naive);
+      t += n;
+    }
+    CHECK(rel_err(oa.data(), on.data(), 70 * cfg.hidden) <= modes_bound);
+    CHECK(rel_err(oa.data() + 67 * cfg.hidden, on.data() + 67 * cfg.hidden, 3 * cfg.hidden) <= modes_bound);
+  }
+}
+
 TEST_CASE_TEMPLATE("mla: paged == contiguous, bit-identical, for every cache format", F, attn::cache_f32,
                    attn::cache_bf16, attn::cache_fp8) {
   fixture f(32, 140);

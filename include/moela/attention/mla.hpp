@@ -27,9 +27,13 @@
 /// Causal: the query at position p sees keys at positions <= p; scale = softmax_scale().
 /// Both modes read the keys back from the cache, so they agree to FP32 rounding.
 ///
-/// Absorbed mode keeps, per head, `W_UK(h)^T [kv_rank, nope]` and `W_UV(h) [v, kv_rank]`, built
-/// once from the dequantised `kv_b_proj`: in `WeightFormat` when it is dense (exact), else in
-/// FP32 (`absorb_format`; V3: 64 MiB per layer), so both modes use identical weight values.
+/// Absorbed mode multiplies, per head, by `W_UK(h)^T [kv_rank, nope]` and `W_UV(h) [v, kv_rank]`.
+/// `W_UV(h)` is rows `[h (nope + v) + nope, (h + 1)(nope + v))` of `kv_b_proj`: read in place
+/// (`row_slice`, no copy, in the weight's format, fp32 activations) when the format's scale
+/// block rows divide `nope` and `nope + v` (every DeepSeek config), else copied once to FP32.
+/// `W_UK(h)^T` is a transpose and is built once from the dequantised `kv_b_proj`: in
+/// `WeightFormat` when it is dense (exact), else in FP32 (`absorb_format`; V3: 32 MiB per
+/// layer). Both modes so use identical weight values.
 ///
 /// Errors (moela::error, nothing written to the cache): wrong shapes, chunks that do not match
 /// the cache's prepared step, a position at or past `config.rope.max_positions`.
@@ -161,11 +165,30 @@ class mla {
     for (index_t h = 0; h < H; ++h) {
       for (index_t n = 0; n < cfg_.nope_dim; ++n)
         for (index_t c = 0; c < cfg_.kv_rank; ++c) ukt(c, n) = kvb(h * per + n, c);
+      wuk_t_.push_back(absorb_matrix::quantize(ukt.cview()));
+      if (wuv_in_place()) continue;
       for (index_t j = 0; j < cfg_.v_dim; ++j)
         for (index_t c = 0; c < cfg_.kv_rank; ++c) uv(j, c) = kvb(h * per + cfg_.nope_dim + j, c);
-      wuk_t_.push_back(absorb_matrix::quantize(ukt.cview()));
       wuv_.push_back(absorb_matrix::quantize(uv.cview()));
     }
+  }
+
+  /// True when absorbed mode reads `W_UV(h)` in place from `kv_b_proj` (see the file comment).
+  bool wuv_in_place() const {
+    constexpr index_t br = slice_rows_of<WeightFormat>;
+    return cfg_.nope_dim % br == 0 && (cfg_.nope_dim + cfg_.v_dim) % br == 0;
+  }
+
+  /// Weight bytes absorbed mode reads per step besides the projections: every `W_UK(h)^T` and
+  /// `W_UV(h)` (in place: the `v` rows of each head in `kv_b_proj`).
+  std::size_t absorbed_bytes() const {
+    std::size_t b = 0;
+    for (const auto& m : wuk_t_) b += m.bytes();
+    for (const auto& m : wuv_) b += m.bytes();
+    if (wuv_in_place())
+      b += w_.kv_b_proj.bytes() / static_cast<std::size_t>(cfg_.nope_dim + cfg_.v_dim) *
+           static_cast<std::size_t>(cfg_.v_dim);
+    return b;
   }
 
   const mla_config& config() const { return cfg_; }
@@ -323,13 +346,18 @@ class mla {
     sh.heads = H; sh.kv_heads = 1; sh.dk = W; sh.dv = R; sh.q_ld = W; sh.o_ld = R; sh.scale = scale_;
     attend<arch>(cache, layer, chunks, sh, qa.data(), ol.data(), nullptr, work_);
     // o[t, h] = W_UV(h) o_lat[t, h].
+    const bool in_place = wuv_in_place();
     parallel_for(H, [&](index_t h0, index_t h1) {
       thread_local std::vector<float> a, b;
       auto xin = detail::ws(a, T, R);
       auto y = detail::ws(b, T, v);
       for (index_t h = h0; h < h1; ++h) {
         for (index_t t = 0; t < T; ++t) std::memcpy(&xin(t, 0), ol.data() + (t * H + h) * R, sizeof(float) * R);
-        matmul(y, const_view<float, 2>(xin), wuv_[static_cast<std::size_t>(h)]);
+        if (in_place)
+          matmul(y, const_view<float, 2>(xin), row_slice(w_.kv_b_proj, h * (nope + v) + nope, (h + 1) * (nope + v)),
+                 quant::mode::fast{});
+        else
+          matmul(y, const_view<float, 2>(xin), wuv_[static_cast<std::size_t>(h)]);
         for (index_t t = 0; t < T; ++t) std::memcpy(o.data() + t * H * v + h * v, &y(t, 0), sizeof(float) * v);
       }
     });

@@ -41,41 +41,12 @@
 
 namespace moela::moe {
 
-/// The rows of `Format`'s scale blocks (1 for formats without row blocks): row slices start on
-/// multiples of it.
-template <class Format>
-inline constexpr index_t slice_rows_of = Format::block_rows > 0 ? Format::block_rows : 1;
-
 /// The smallest row range a task gets for `Format`: 128, rounded up to a multiple of
 /// `slice_rows_of<Format>`.
 template <class Format>
 constexpr index_t chunk_rows_for() {
   constexpr index_t br = slice_rows_of<Format>;
   return (128 + br - 1) / br * br;
-}
-
-/// A zero-copy view of rows `[r0, r1)` of `w` (r0 a multiple of the format's block rows).
-/// The slice borrows `w`'s storage: `w` must outlive it.
-template <class Format>
-qmatrix<Format> row_slice(const qmatrix<Format>& w, index_t r0, index_t r1) {
-  check(0 <= r0 && r0 < r1 && r1 <= w.rows(), "moe::row_slice: rows [", r0, ", ", r1, ") of a matrix with ", w.rows(),
-        " rows");
-  const auto codes = w.codes().slice(0, r0, r1);
-  if constexpr (!Format::has_scales) {
-    return qmatrix<Format>::borrow(codes);
-  } else {
-    constexpr index_t br = slice_rows_of<Format>;
-    check(r0 % br == 0, "moe::row_slice: row ", r0, " is not on a ", br, "-row scale block boundary");
-    const auto scales = w.scales().slice(0, r0 / br, (r1 + br - 1) / br);
-    if constexpr (Format::packed4) {
-      if constexpr (Format::has_zero)
-        return qmatrix<Format>::borrow(codes, scales, w.zeros().slice(0, r0 / br, (r1 + br - 1) / br));
-      else
-        return qmatrix<Format>::borrow(codes, scales);
-    } else {
-      return qmatrix<Format>::borrow(codes, scales);
-    }
-  }
 }
 
 /// One SwiGLU expert as the runner sees it: zero-copy views of its three matrices, which the

@@ -12,6 +12,9 @@
 /// external memory (`borrow`, e.g. a memory-mapped safetensors file; the memory must outlive
 /// the qmatrix and every copy of it). Copies are cheap and share the (immutable) storage.
 ///
+/// `row_slice(w, r0, r1)` views rows `[r0, r1)` of `w` without a copy (`r0` on a scale block
+/// boundary): MoE tasks and the absorbed MLA heads multiply with parts of one matrix this way.
+///
 /// Errors (`moela::error`): shape mismatches between codes and scales, a group size that does
 /// not divide K where the format needs it, non-contiguous rows, empty matrices.
 ///
@@ -370,6 +373,35 @@ qmatrix<Format> qmatrix<Format>::quantize(const_view<float, 2> w) {
         }
     });
     return qmatrix(std::move(q), std::move(s), std::move(z), k);
+  }
+}
+
+/// The rows of `Format`'s scale blocks (1 for formats without row blocks): row slices start on
+/// multiples of it.
+template <class Format>
+inline constexpr index_t slice_rows_of = Format::block_rows > 0 ? Format::block_rows : 1;
+
+/// A zero-copy view of rows `[r0, r1)` of `w` (r0 a multiple of the format's block rows).
+/// The slice borrows `w`'s storage: `w` must outlive it.
+template <class Format>
+qmatrix<Format> row_slice(const qmatrix<Format>& w, index_t r0, index_t r1) {
+  check(0 <= r0 && r0 < r1 && r1 <= w.rows(), "row_slice: rows [", r0, ", ", r1, ") of a matrix with ", w.rows(),
+        " rows");
+  const auto codes = w.codes().slice(0, r0, r1);
+  if constexpr (!Format::has_scales) {
+    return qmatrix<Format>::borrow(codes);
+  } else {
+    constexpr index_t br = slice_rows_of<Format>;
+    check(r0 % br == 0, "row_slice: row ", r0, " is not on a ", br, "-row scale block boundary");
+    const auto scales = w.scales().slice(0, r0 / br, (r1 + br - 1) / br);
+    if constexpr (Format::packed4) {
+      if constexpr (Format::has_zero)
+        return qmatrix<Format>::borrow(codes, scales, w.zeros().slice(0, r0 / br, (r1 + br - 1) / br));
+      else
+        return qmatrix<Format>::borrow(codes, scales);
+    } else {
+      return qmatrix<Format>::borrow(codes, scales);
+    }
   }
 }
 
