@@ -9,6 +9,10 @@
 //    T = 512 (prefill): counter dense_ratio = the layer's FLOP/s over the FLOP/s of one dense
 //      matmul of the same format with the same FLOPs (x [512, 2048] times W [3·11264, 2048]ᵀ,
 //      11264 = (6 + 2)·1408 expert rows per token).
+//  moe_pages/<format>/T1     the experts in huge pages (as moe_layer keeps them) against the same
+//    experts copied into 4 KiB pages, in one process, forwards alternating over 16 different
+//    tokens (so different experts): counter huge_page_gain = time with 4 KiB pages / time with
+//    huge pages (Linux; elsewhere both are the same memory and it reads ~1).
 //  moe_router/T<tokens>     the gate alone (FP32 logits GEMM + selection): counter tokens_per_s,
 //    and layer_share = router time / bf16 layer time at the same T.
 //
@@ -20,7 +24,12 @@
 
 #include <moela/moe.hpp>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -191,6 +200,92 @@ void bm_router(benchmark::State& st, index_t T) {
   st.counters["layer_share"] = per_iter / g_bf16_layer_seconds[T];
 }
 
+// Memory in 4 KiB pages (Linux: MADV_NOHUGEPAGE) that matrices are copied into and borrow.
+class small_page_arena {
+ public:
+  explicit small_page_arena(std::size_t bytes) : size_(bytes) {
+#if defined(__linux__)
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    madvise(p, bytes, MADV_NOHUGEPAGE);
+    base_ = static_cast<std::uint8_t*>(p);
+#else
+    own_.resize(bytes);
+    base_ = own_.data();
+#endif
+  }
+  ~small_page_arena() {
+#if defined(__linux__)
+    munmap(base_, size_);
+#endif
+  }
+  small_page_arena(const small_page_arena&) = delete;
+  small_page_arena& operator=(const small_page_arena&) = delete;
+
+  template <class T>
+  const_view<T, 2> copy(const_view<T, 2> v) {
+    const std::size_t n = static_cast<std::size_t>(v.extent(0) * v.extent(1)) * sizeof(T);
+    if (used_ + n > size_) throw std::bad_alloc();
+    T* d = reinterpret_cast<T*>(base_ + used_);
+    for (index_t r = 0; r < v.extent(0); ++r)
+      std::memcpy(d + r * v.extent(1), &v(r, 0), sizeof(T) * static_cast<std::size_t>(v.extent(1)));
+    used_ += (n + 63) / 64 * 64;
+    return const_view<T, 2>(d, v.shape());
+  }
+  template <class F>
+  qmatrix<F> copy(const qmatrix<F>& w) {
+    if constexpr (!F::has_scales) return qmatrix<F>::borrow(copy(w.codes()));
+    else if constexpr (!F::packed4) return qmatrix<F>::borrow(copy(w.codes()), copy(w.scales()));
+    else if constexpr (F::has_zero) return qmatrix<F>::borrow(copy(w.codes()), copy(w.scales()), copy(w.zeros()));
+    else return qmatrix<F>::borrow(copy(w.codes()), copy(w.scales()));
+  }
+  template <class F>
+  swiglu_weights<F> copy(const swiglu_weights<F>& f) {
+    return {copy(f.gate_proj), copy(f.up_proj), copy(f.down_proj)};
+  }
+
+ private:
+  std::uint8_t* base_ = nullptr;
+  std::size_t size_ = 0, used_ = 0;
+  std::vector<std::uint8_t> own_;
+};
+
+template <class F>
+void bm_pages(benchmark::State& st, std::string name) {
+  auto& huge = get_layer<F>(name).layer;
+  const moe_config& c = huge.config();
+  std::size_t bytes = huge.shared().bytes() + 64 * 16;
+  for (const auto& e : huge.experts()) bytes += e.bytes() + 64 * 16;
+  small_page_arena arena(bytes);
+  moe_weights<F> w;
+  w.gate = tensor<float, 2>({c.n_routed_experts, c.hidden_size});  // the same gate as get_layer's
+  fill(w.gate.flat(), 1, 1.7f / std::sqrt(float(c.hidden_size)));
+  for (const auto& e : huge.experts()) w.experts.push_back(arena.copy(e));
+  w.shared = arena.copy(huge.shared());
+  moe_layer<cpu<>, F> small(c, std::move(w));  // borrowed experts: left in the arena's pages
+  std::vector<tensor<float, 2>> xs;
+  for (index_t i = 0; i < 16; ++i) {
+    xs.push_back(tensor<float, 2>({1, c.hidden_size}));
+    fill(xs.back().flat(), 1000 + std::uint64_t(i), 1.7f);
+  }
+  tensor<float, 2> y({1, c.hidden_size});
+  double t_small = 0, t_huge = 0;
+  std::size_t i = 0;
+  for (auto _ : st) {
+    const auto& x = xs[i++ % xs.size()];
+    double t0 = moela_bench::now_s();
+    small.forward(y.view(), x.cview());
+    t_small += moela_bench::now_s() - t0;
+    t0 = moela_bench::now_s();
+    huge.forward(y.view(), x.cview());
+    t_huge += moela_bench::now_s() - t0;
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["huge_page_gain"] = t_small / t_huge;
+  st.counters["ms_4k_pages"] = t_small / double(st.iterations()) * 1e3;
+  st.counters["ms_huge_pages"] = t_huge / double(st.iterations()) * 1e3;
+}
+
 template <class F>
 void register_format(const std::string& name) {
   for (index_t T : {1, 8, 512}) {
@@ -211,6 +306,12 @@ const bool registered = [] {
   register_format<quant::int4_group<64>>("int4");
   register_format<quant::int8_rowwise_a8<>>("int8_a8");
   register_format<quant::int4_group_a8<64>>("int4_a8");
+  benchmark::RegisterBenchmark("moe_pages/fp8/T1", [](benchmark::State& st) {
+    bm_pages<quant::fp8_block<128, 128>>(st, "fp8");
+  })->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("moe_pages/int4_a8/T1", [](benchmark::State& st) {
+    bm_pages<quant::int4_group_a8<64>>(st, "int4_a8");
+  })->Unit(benchmark::kMillisecond);
   return true;
 }();
 

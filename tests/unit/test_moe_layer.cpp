@@ -355,6 +355,38 @@ TEST_CASE("moe_layer: one token touches only its K experts") {
         layer.router().gate_weight().bytes() + layer.shared().bytes() + 4 * layer.experts()[0].bytes());
 }
 
+TEST_CASE("moe_layer: owned routed experts move into one shared buffer; borrowed ones stay in place") {
+  const auto c = small_config(16, 4, 1, 1, score_fn::softmax, topk_rule::greedy, false, 1.0f, 1);
+  std::mt19937 rng(3);
+  auto w = random_weights<quant::bf16>(rng, c);
+  // Borrowed copies of the same weights (as a memory-mapped checkpoint would give), over
+  // storage that `keep` holds (the owned layer gives its experts' old storage back).
+  const auto keep = w.experts;
+  moe_weights<quant::bf16> wb{w.gate, w.bias, {}, w.shared};
+  for (const auto& e : w.experts)
+    wb.experts.push_back({qmatrix<quant::bf16>::borrow(e.gate_proj.codes()), qmatrix<quant::bf16>::borrow(e.up_proj.codes()),
+                          qmatrix<quant::bf16>::borrow(e.down_proj.codes())});
+  const moela::bf16* src = w.experts[2].up_proj.row_codes(0);
+  moe_layer<cpu<>, quant::bf16> borrowed(c, std::move(wb));
+  CHECK(borrowed.experts()[2].up_proj.row_codes(0) == src);
+  CHECK(!borrowed.experts()[2].up_proj.owns_storage());
+  moe_layer<cpu<>, quant::bf16> owned(c, std::move(w));
+  const std::uint8_t* prev = nullptr;
+  for (const auto& e : owned.experts())
+    for (const auto* m : {&e.gate_proj, &e.up_proj, &e.down_proj}) {
+      const auto* p = reinterpret_cast<const std::uint8_t*>(m->row_codes(0));
+      CHECK(m->owns_storage());
+      if (prev) CHECK(p == prev + m->bytes());  // back to back (each size a multiple of 64 bytes)
+      prev = p;
+    }
+  // Both layers compute the same thing.
+  const tensor<float, 2> x = random_matrix(rng, 5, 48, 1.0f);
+  tensor<float, 2> ya({5, 48}), yb({5, 48});
+  owned.forward(ya.view(), x.cview());
+  borrowed.forward(yb.view(), x.cview());
+  CHECK(std::memcmp(ya.data(), yb.data(), ya.bytes()) == 0);
+}
+
 TEST_CASE("moe_layer: all tokens on one expert (a hot expert)") {
   // A large correction bias on expert 5 makes it every token's first choice; the weight still
   // comes from its unbiased score.

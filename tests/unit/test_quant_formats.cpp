@@ -147,6 +147,53 @@ TEST_CASE("borrow: zero-copy views over external memory, and shape errors") {
   CHECK(s4sym.at(0, 1) == 0.75f);
 }
 
+TEST_CASE_TEMPLATE("share_storage: one buffer, the same values, copies outlive the originals", F, MOELA_ALL_FORMATS) {
+  std::mt19937 rng(41);
+  // Three owning matrices of different shapes and a borrowed one whose code rows are padded
+  // (row stride past K): share_storage packs them into one buffer, compacting the padding.
+  std::vector<qmatrix<F>> ms;
+  for (auto [n, k] : {std::pair<index_t, index_t>{130, 256}, {7, 128}, {300, 384}})
+    ms.push_back(qmatrix<F>::quantize(random_matrix(rng, n, k, 0.5f).cview()));
+  const auto src = qmatrix<F>::quantize(random_matrix(rng, 9, 256, 0.5f).cview());
+  using code = typename F::code_type;
+  const index_t cc = src.code_cols(), ld = cc + 64;
+  std::vector<code> padded(static_cast<std::size_t>(9 * ld));
+  for (index_t r = 0; r < 9; ++r) std::memcpy(padded.data() + r * ld, src.row_codes(r), sizeof(code) * std::size_t(cc));
+  const const_view<code, 2> pv(padded.data(), {9, cc}, {ld, 1});
+  if constexpr (!F::has_scales) ms.push_back(qmatrix<F>::borrow(pv));
+  else if constexpr (!F::packed4) ms.push_back(qmatrix<F>::borrow(pv, src.scales()));
+  else ms.push_back(qmatrix<F>::borrow(pv, src.scales(), src.zeros()));
+  CHECK(!ms.back().owns_storage());
+  std::vector<tensor<float, 2>> want;
+  std::vector<std::size_t> bytes;
+  for (const auto& m : ms) {
+    want.push_back(m.dequantize());
+    bytes.push_back(m.bytes());
+  }
+  std::vector<qmatrix<F>> copies;
+  {
+    std::vector<qmatrix<F>*> ptrs;
+    for (auto& m : ms) ptrs.push_back(&m);
+    qmatrix<F>::share_storage(ptrs);
+    for (std::size_t i = 0; i < ms.size(); ++i) {
+      CAPTURE(i);
+      CHECK(ms[i].owns_storage());
+      CHECK(ms[i].bytes() == bytes[i]);
+      CHECK(ms[i].code_stride() == ms[i].code_cols());
+      if (i > 0)  // one buffer, in order
+        CHECK(reinterpret_cast<const std::uint8_t*>(ms[i].row_codes(0)) >
+              reinterpret_cast<const std::uint8_t*>(ms[i - 1].row_codes(0)));
+    }
+    copies = ms;
+    ms.clear();  // the copies keep the buffer alive
+  }
+  for (std::size_t i = 0; i < copies.size(); ++i) {
+    const auto got = copies[i].dequantize();
+    REQUIRE(got.shape() == want[i].shape());
+    CHECK(std::memcmp(got.data(), want[i].data(), want[i].bytes()) == 0);
+  }
+}
+
 TEST_CASE("group formats reject K not divisible by the group size") {
   std::mt19937 rng(4);
   const auto wf = random_matrix(rng, 4, 100, 1.f);

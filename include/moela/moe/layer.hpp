@@ -23,6 +23,10 @@
 /// `last_load()` gives the tokens each routed expert received in the last forward, the input of
 /// `balance_bias` (moela/moe/balance.hpp) together with `router().bias()`.
 ///
+/// Routed experts that own their weights are moved at construction into one buffer the layer's
+/// experts share (`qmatrix::share_storage`: huge pages for the matrices a decode step streams at
+/// random); experts borrowed from a memory-mapped checkpoint stay where they are.
+///
 /// Not thread-safe (the layer owns its scratch): one object per concurrent caller. Scratch grows
 /// to the largest batch seen (about `2·T·K·D + 2·T·K·I` floats) and is reused.
 ///
@@ -79,6 +83,14 @@ class moe_layer<cpu<Arch>, Format, Router> {
     else
       check(shared_.gate_proj.rows() == 0, "moe_layer: shared expert weights given but n_shared_experts is 0");
     load_.assign(static_cast<std::size_t>(cfg_.n_routed_experts), 0);
+    // Routed experts that own their weights (built or converted in memory, not borrowed from a
+    // checkpoint file) move into one buffer in huge pages: a decode step reads a few of them at
+    // random, and in 4 KiB pages that ran 2-12% slower (`moela-bench` `moe_pages/`, docs/moe.md).
+    std::vector<qmatrix<Format>*> own;
+    for (auto& e : experts_)
+      for (auto* m : {&e.gate_proj, &e.up_proj, &e.down_proj})
+        if (m->owns_storage()) own.push_back(m);
+    if (own.size() == 3 * experts_.size()) qmatrix<Format>::share_storage(own);
     sliced_.reserve(experts_.size());
     for (const auto& e : experts_) sliced_.emplace_back(e);
     if (cfg_.n_shared_experts > 0) shared_sliced_ = sliced_ffn<Format>(shared_);

@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <type_traits>
@@ -140,15 +141,44 @@ class qmatrix {
   index_t rows() const { return rows_; }
   index_t cols() const { return cols_; }
   /// Bytes of codes + scales + zero points (what a GEMV streams).
-  std::size_t bytes() const {
-    std::size_t b = static_cast<std::size_t>(rows_) * static_cast<std::size_t>(code_cols()) * sizeof(code_type);
-    if constexpr (Format::has_scales)
-      b += static_cast<std::size_t>(scale_rows_ * scale_cols_) * sizeof(scale_type);
-    if constexpr (Format::has_zero) b += static_cast<std::size_t>(scale_rows_ * scale_cols_);
-    return b;
-  }
-  /// True when this qmatrix owns its storage (false for `borrow`).
+  std::size_t bytes() const { return code_bytes() + scale_bytes() + zero_bytes(); }
+  /// True when this qmatrix owns its storage, alone or shared (false for `borrow`).
   bool owns_storage() const { return keep_ != nullptr; }
+
+  /// Moves the storage of every matrix in `ms` into one buffer that they then share (values and
+  /// shapes unchanged; a borrowed matrix becomes an owning one). One large tensor is 2 MiB
+  /// aligned and advised for huge pages (core/tensor.hpp), where many matrices of a few MiB
+  /// each would sit in 4 KiB pages: MoE layers do this for their routed experts, which a
+  /// decode step streams at random. Copies each matrix once; the old storage is released as it
+  /// goes, so the extra memory is at most the new buffer.
+  static void share_storage(std::span<qmatrix* const> ms) {
+    auto part = [](std::size_t bytes) { return (bytes + storage_alignment - 1) / storage_alignment * storage_alignment; };
+    std::size_t total = 0;
+    for (const qmatrix* m : ms)
+      total += part(m->code_bytes()) + part(m->scale_bytes()) + part(m->zero_bytes());
+    if (total == 0) return;
+    auto bank = std::make_shared<tensor<std::uint8_t, 1>>(shape_t<1>{static_cast<index_t>(total)});
+    std::uint8_t* at = bank->data();
+    for (qmatrix* m : ms) {
+      auto* codes = reinterpret_cast<code_type*>(at);
+      for (index_t r = 0; r < m->rows_; ++r)
+        std::memcpy(codes + r * m->code_cols(), m->row_codes(r), sizeof(code_type) * static_cast<std::size_t>(m->code_cols()));
+      at += part(m->code_bytes());
+      auto* scales = reinterpret_cast<scale_type*>(at);
+      if (m->scale_bytes()) std::memcpy(scales, m->scales_, m->scale_bytes());
+      at += part(m->scale_bytes());
+      std::uint8_t* zeros = at;
+      if (m->zero_bytes()) std::memcpy(zeros, m->zeros_, m->zero_bytes());
+      at += part(m->zero_bytes());
+      qmatrix q;
+      q.init(const_view<code_type, 2>(codes, {m->rows_, m->code_cols()}),
+             const_view<scale_type, 2>(scales, {Format::has_scales ? m->scale_rows_ : 0, Format::has_scales ? m->scale_cols_ : 0}),
+             const_view<std::uint8_t, 2>(zeros, {Format::has_zero ? m->scale_rows_ : 0, Format::has_zero ? m->scale_cols_ : 0}),
+             m->cols_, "qmatrix::share_storage");
+      q.keep_ = bank;
+      *m = std::move(q);
+    }
+  }
 
   /// Code elements per row (K, or K/2 bytes for int4).
   index_t code_cols() const { return Format::packed4 ? cols_ / 2 : cols_; }
@@ -223,6 +253,14 @@ class qmatrix {
     tensor<std::uint8_t, 2> zeros;
   };
 
+  std::size_t code_bytes() const {
+    return static_cast<std::size_t>(rows_) * static_cast<std::size_t>(code_cols()) * sizeof(code_type);
+  }
+  std::size_t scale_bytes() const {
+    return Format::has_scales ? static_cast<std::size_t>(scale_rows_ * scale_cols_) * sizeof(scale_type) : 0;
+  }
+  std::size_t zero_bytes() const { return Format::has_zero ? static_cast<std::size_t>(scale_rows_ * scale_cols_) : 0; }
+
   static index_t expected_scale_rows(index_t n) {
     return (n + Format::block_rows - 1) / Format::block_rows;
   }
@@ -272,7 +310,7 @@ class qmatrix {
   const scale_type* scales_ = nullptr;
   const std::uint8_t* zeros_ = nullptr;
   index_t scale_rows_ = 0, scale_cols_ = 0;
-  std::shared_ptr<const storage> keep_;
+  std::shared_ptr<const void> keep_;  // what owns the storage: a `storage`, or a shared buffer
 };
 
 // ---- quantizers -------------------------------------------------------------------------------------
