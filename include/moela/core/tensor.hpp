@@ -19,7 +19,7 @@
 /// aligned and advised for transparent huge pages (Linux `madvise(MADV_HUGEPAGE)`; the kernel
 /// setting `/sys/kernel/mm/transparent_hugepage/enabled` = never turns that off): a GEMV that
 /// streams weights then takes one TLB miss per 2 MiB instead of per 4 KiB (an MoE decode step
-/// ran 9-12% faster with FP8 experts, 2-5% with W4A8, `moela-bench` `moe_pages/`). Smaller
+/// ran 3-12% faster with FP8 experts, 0-5% with W4A8, `moela-bench` `moe_pages/`). Smaller
 /// tensors, and other systems, use `operator new`.
 ///
 /// Static extents: `fixed_view<T, 4, dynamic_extent>` is a `tensor_view<T, 2>` whose first

@@ -85,7 +85,7 @@ class moe_layer<cpu<Arch>, Format, Router> {
     load_.assign(static_cast<std::size_t>(cfg_.n_routed_experts), 0);
     // Routed experts that own their weights (built or converted in memory, not borrowed from a
     // checkpoint file) move into one buffer in huge pages: a decode step reads a few of them at
-    // random, and in 4 KiB pages that ran 2-12% slower (`moela-bench` `moe_pages/`, docs/moe.md).
+    // random, and in 4 KiB pages that ran up to 12% slower (`moela-bench` `moe_pages/`, docs/moe.md).
     std::vector<qmatrix<Format>*> own;
     for (auto& e : experts_)
       for (auto* m : {&e.gate_proj, &e.up_proj, &e.down_proj})
