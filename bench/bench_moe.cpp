@@ -2,7 +2,8 @@
 // greedy), 2 shared experts, moe_intermediate 1408 (shared width 2816).
 //
 //  moe/<format>/T<tokens>   one moe_layer::forward on T random tokens.
-//    T = 1, 8 (decode): counter roofline_ratio = (bytes of the weights actually read: gate,
+//    T = 1, 8 (decode): 16 different token batches in turn (different experts each step);
+//      counter roofline_ratio = (bytes of the weights actually read: gate,
 //      active experts, shared expert) / time, over the STREAM-triad bandwidth; gemv_ratio =
 //      the same bytes/s over the bytes/s of one plain matmul of the format with M = T on the
 //      equal-FLOP weight below (separates the layer's overhead from the kernel's).
@@ -142,19 +143,28 @@ void bm_moe(benchmark::State& st, std::string name, index_t T) {
   auto& bl = get_layer<F>(name);
   auto& layer = bl.layer;
   const moe_config& c = layer.config();
-  const tensor<float, 2> x = random_tokens(T, c.hidden_size);
+  // Decode sizes cycle through 16 different batches, so each step reads other experts (the
+  // same token every time would leave its experts in L3); the bytes are counted per step.
+  std::vector<tensor<float, 2>> xs;
+  for (index_t i = 0; i < (T <= 8 ? 16 : 1); ++i) {
+    xs.push_back(tensor<float, 2>({T, c.hidden_size}));
+    fill(xs.back().flat(), 7 + std::uint64_t(T) + 1000 * std::uint64_t(i), 1.7f);
+  }
   tensor<float, 2> y({T, c.hidden_size});
-  layer.forward(y.view(), x.cview());  // warm-up (scratch, pages)
-  double seconds = 0;
+  for (const auto& x : xs) layer.forward(y.view(), x.cview());  // warm-up (scratch, pages)
+  double seconds = 0, read = 0;
+  std::size_t i = 0;
   for (auto _ : st) {
+    const auto& x = xs[i++ % xs.size()];
     const double t0 = moela_bench::now_s();
     layer.forward(y.view(), x.cview());
     seconds += moela_bench::now_s() - t0;
+    read += double(layer.active_weight_bytes());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   const double per_iter = seconds / double(st.iterations());
-  const double bytes = double(layer.active_weight_bytes());
+  const double bytes = read / double(st.iterations());  // mean weight bytes of a step
   const double flops = 2.0 * double(T) * double(c.hidden_size) * 3.0 *
                        double(c.num_experts_per_tok * c.moe_intermediate_size + c.shared_intermediate_size());
   st.counters["active_MB"] = bytes / 1e6;
