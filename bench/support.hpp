@@ -6,6 +6,8 @@
 //    moela threads; bytes counted as STREAM does (3 x 4 bytes per element); best of 5.
 //  - fma_peak_flops(): FP32 FMA throughput of the build's SIMD arch on all moela threads
 //    (12 independent accumulator chains in registers, 2 FLOP per lane per FMA); best of 7.
+//  - triad_bytes_per_s_now(): the same triad, measured at the call (the e2e decode benchmark
+//    measures it before and after its timed loop and divides by their mean).
 //  - Registered as benchmarks too (`ref/triad`, `ref/fma_peak`), so their values appear in output.
 
 #include <benchmark/benchmark.h>
@@ -87,6 +89,35 @@ inline double measure_fma_peak() {
 inline double triad_bytes_per_s() {
   static const double v = measure_triad();
   return v;
+}
+
+/// The triad measured now, best of 3, over 3 x 128 MiB arrays kept from the first call (so the
+/// call costs ~0.1 s and no page faults): for benchmarks that take their roofline from the
+/// bandwidth of the minutes they ran in, measured before and after the timed loop. On a shared
+/// host the bandwidth moves by tens of percent between runs (docs/performance.md).
+inline double triad_bytes_per_s_now() {
+  const moela::index_t n = moela::index_t{32} << 20;
+  static moela::tensor<float, 1> a({n}), b({n}), c({n});
+  static const bool filled = [] {
+    moela::parallel_for(n, [](moela::index_t i0, moela::index_t i1) {
+      for (moela::index_t i = i0; i < i1; ++i) b.data()[i] = 1.0f, c.data()[i] = 2.0f;
+    });
+    return true;
+  }();
+  (void)filled;
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const double t0 = now_s();
+    moela::parallel_for(n, [&](moela::index_t i0, moela::index_t i1) {
+      float* MOELA_RESTRICT pa = a.data();
+      const float* MOELA_RESTRICT pb = b.data();
+      const float* MOELA_RESTRICT pc = c.data();
+      for (moela::index_t i = i0; i < i1; ++i) pa[i] = pb[i] + 3.0f * pc[i];
+    });
+    best = std::max(best, 3.0 * 4.0 * double(n) / (now_s() - t0));
+    benchmark::DoNotOptimize(a.data());
+  }
+  return best;
 }
 
 /// FP32 FMA peak in FLOP/s of this build's SIMD arch, with the current thread count.
