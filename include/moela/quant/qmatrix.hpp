@@ -122,6 +122,16 @@ class qmatrix {
     return q;
   }
 
+  /// Any format: borrows `codes` and whichever of `scales` and `zeros` the format has (the others
+  /// are ignored, so empty views do): the one call for code that treats every format alike
+  /// (`row_slice`, `share_storage`, copies into other memory). Same checks as `borrow`.
+  static qmatrix borrow_parts(const_view<code_type, 2> codes, const_view<scale_type, 2> scales,
+                              const_view<std::uint8_t, 2> zeros) {
+    qmatrix q;
+    q.init(codes, scales, zeros, Format::packed4 ? 2 * codes.extent(1) : codes.extent(1), "qmatrix::borrow");
+    return q;
+  }
+
   // ---- quantization ----------------------------------------------------------------------------
 
   /// Quantizes an fp32 matrix `[N, K]` (see formats.hpp for each format's rule).
@@ -155,11 +165,12 @@ class qmatrix {
     auto part = [](std::size_t bytes) { return (bytes + storage_alignment - 1) / storage_alignment * storage_alignment; };
     std::size_t total = 0;
     for (const qmatrix* m : ms)
-      total += part(m->code_bytes()) + part(m->scale_bytes()) + part(m->zero_bytes());
+      if (m) total += part(m->code_bytes()) + part(m->scale_bytes()) + part(m->zero_bytes());
     if (total == 0) return;
     auto bank = std::make_shared<tensor<std::uint8_t, 1>>(shape_t<1>{static_cast<index_t>(total)});
     std::uint8_t* at = bank->data();
     for (qmatrix* m : ms) {
+      check(m != nullptr, "qmatrix::share_storage: a null matrix pointer");
       auto* codes = reinterpret_cast<code_type*>(at);
       for (index_t r = 0; r < m->rows_; ++r)
         std::memcpy(codes + r * m->code_cols(), m->row_codes(r), sizeof(code_type) * static_cast<std::size_t>(m->code_cols()));
@@ -170,11 +181,9 @@ class qmatrix {
       std::uint8_t* zeros = at;
       if (m->zero_bytes()) std::memcpy(zeros, m->zeros_, m->zero_bytes());
       at += part(m->zero_bytes());
-      qmatrix q;
-      q.init(const_view<code_type, 2>(codes, {m->rows_, m->code_cols()}),
-             const_view<scale_type, 2>(scales, {Format::has_scales ? m->scale_rows_ : 0, Format::has_scales ? m->scale_cols_ : 0}),
-             const_view<std::uint8_t, 2>(zeros, {Format::has_zero ? m->scale_rows_ : 0, Format::has_zero ? m->scale_cols_ : 0}),
-             m->cols_, "qmatrix::share_storage");
+      qmatrix q = borrow_parts(const_view<code_type, 2>(codes, {m->rows_, m->code_cols()}),
+                               const_view<scale_type, 2>(scales, {m->scale_rows_, m->scale_cols_}),
+                               const_view<std::uint8_t, 2>(zeros, {m->scale_rows_, m->scale_cols_}));
       q.keep_ = bank;
       *m = std::move(q);
     }
@@ -425,22 +434,14 @@ template <class Format>
 qmatrix<Format> row_slice(const qmatrix<Format>& w, index_t r0, index_t r1) {
   check(0 <= r0 && r0 < r1 && r1 <= w.rows(), "row_slice: rows [", r0, ", ", r1, ") of a matrix with ", w.rows(),
         " rows");
-  const auto codes = w.codes().slice(0, r0, r1);
-  if constexpr (!Format::has_scales) {
-    return qmatrix<Format>::borrow(codes);
-  } else {
-    constexpr index_t br = slice_rows_of<Format>;
-    check(r0 % br == 0, "row_slice: row ", r0, " is not on a ", br, "-row scale block boundary");
-    const auto scales = w.scales().slice(0, r0 / br, (r1 + br - 1) / br);
-    if constexpr (Format::packed4) {
-      if constexpr (Format::has_zero)
-        return qmatrix<Format>::borrow(codes, scales, w.zeros().slice(0, r0 / br, (r1 + br - 1) / br));
-      else
-        return qmatrix<Format>::borrow(codes, scales);
-    } else {
-      return qmatrix<Format>::borrow(codes, scales);
-    }
-  }
+  constexpr index_t br = slice_rows_of<Format>;
+  check(r0 % br == 0, "row_slice: row ", r0, " is not on a ", br, "-row scale block boundary");
+  const index_t s0 = r0 / br, s1 = (r1 + br - 1) / br;  // the scale (and zero point) rows
+  const_view<typename Format::scale_type, 2> scales;
+  const_view<std::uint8_t, 2> zeros;
+  if constexpr (Format::has_scales) scales = w.scales().slice(0, s0, s1);
+  if constexpr (Format::has_zero) zeros = w.zeros().slice(0, s0, s1);
+  return qmatrix<Format>::borrow_parts(w.codes().slice(0, r0, r1), scales, zeros);
 }
 
 }  // namespace moela
