@@ -84,10 +84,15 @@ TEST_CASE_TEMPLATE("mla: absorbed reads W_UV in place from a quantized kv_b_proj
     attn::mla<cpu<>, F, attn::cache_f32> layer(cfg, attn_test::random_weights<F>(rng, cfg));
     const bool in_place = nope % F::block_rows == 0;
     CHECK(layer.wuv_in_place() == in_place);
-    // W_UK^T copies in FP32 (3 heads x 160 x nope x 4 bytes), plus W_UV: in place its rows of
-    // kv_b_proj (the v / (nope + v) share of its bytes), else FP32 copies.
+    // W_UK^T copies in FP32 (3 heads x 160 x nope x 4 bytes), plus W_UV: in place each head's
+    // 128 rows of kv_b_proj (codes, and their scale rows: FP8 one 128-row block row of 2
+    // blocks, int8 one scale per row, int4 160 / 32 per row), else FP32 copies.
     const std::size_t wuk = 3 * 160 * static_cast<std::size_t>(nope) * 4;
-    const std::size_t wuv = in_place ? layer.weights().kv_b_proj.bytes() / std::size_t(nope + 128) * 128 : 3 * 128 * 160 * 4;
+    std::size_t rows_bytes = 0;
+    if constexpr (F::kind == quant::format_kind::fp8_block) rows_bytes = 128 * 160 + 2 * 4;
+    else if constexpr (F::kind == quant::format_kind::int8_rowwise) rows_bytes = 128 * 160 + 128 * sizeof(typename F::scale_type);
+    else rows_bytes = 128 * 80 + 128 * 5 * sizeof(typename F::scale_type);
+    const std::size_t wuv = in_place ? 3 * rows_bytes : 3 * 128 * 160 * 4;
     CHECK(layer.absorbed_bytes() == wuk + wuv);
     attn::paged_cache<attn::cache_f32> ca(attn::mla_cache_layout(cfg), 4), cn(attn::mla_cache_layout(cfg), 4);
     const index_t sa = ca.add_sequence(), sn = cn.add_sequence();

@@ -159,7 +159,7 @@ class mla {
     // Absorbed matrices.
     const tensor<float, 2> kvb = w_.kv_b_proj.dequantize();
     const index_t per = cfg_.nope_dim + cfg_.v_dim;
-    tensor<float, 2> ukt({cfg_.kv_rank, cfg_.nope_dim}), uv({cfg_.v_dim, cfg_.kv_rank});
+    tensor<float, 2> ukt({cfg_.kv_rank, cfg_.nope_dim}), uv({wuv_in_place() ? 0 : cfg_.v_dim, cfg_.kv_rank});
     wuk_t_.reserve(static_cast<std::size_t>(H));
     wuv_.reserve(static_cast<std::size_t>(H));
     for (index_t h = 0; h < H; ++h) {
@@ -186,8 +186,7 @@ class mla {
     for (const auto& m : wuk_t_) b += m.bytes();
     for (const auto& m : wuv_) b += m.bytes();
     if (wuv_in_place())
-      b += w_.kv_b_proj.bytes() / static_cast<std::size_t>(cfg_.nope_dim + cfg_.v_dim) *
-           static_cast<std::size_t>(cfg_.v_dim);
+      for (index_t h = 0; h < cfg_.heads; ++h) b += wuv_slice(h).bytes();
     return b;
   }
 
@@ -354,13 +353,18 @@ class mla {
       for (index_t h = h0; h < h1; ++h) {
         for (index_t t = 0; t < T; ++t) std::memcpy(&xin(t, 0), ol.data() + (t * H + h) * R, sizeof(float) * R);
         if (in_place)
-          matmul(y, const_view<float, 2>(xin), row_slice(w_.kv_b_proj, h * (nope + v) + nope, (h + 1) * (nope + v)),
-                 quant::mode::fast{});
+          matmul(y, const_view<float, 2>(xin), wuv_slice(h), quant::mode::fast{});
         else
           matmul(y, const_view<float, 2>(xin), wuv_[static_cast<std::size_t>(h)]);
         for (index_t t = 0; t < T; ++t) std::memcpy(o.data() + t * H * v + h * v, &y(t, 0), sizeof(float) * v);
       }
     });
+  }
+
+  /// `W_UV(h)` in place: rows [h (nope + v) + nope, (h + 1)(nope + v)) of kv_b_proj.
+  qmatrix<WeightFormat> wuv_slice(index_t h) const {
+    const index_t per = cfg_.nope_dim + cfg_.v_dim;
+    return row_slice(w_.kv_b_proj, h * per + cfg_.nope_dim, (h + 1) * per);
   }
 
   template <class Cache>
