@@ -244,10 +244,7 @@ class small_page_arena {
   }
   template <class F>
   qmatrix<F> copy(const qmatrix<F>& w) {
-    if constexpr (!F::has_scales) return qmatrix<F>::borrow(copy(w.codes()));
-    else if constexpr (!F::packed4) return qmatrix<F>::borrow(copy(w.codes()), copy(w.scales()));
-    else if constexpr (F::has_zero) return qmatrix<F>::borrow(copy(w.codes()), copy(w.scales()), copy(w.zeros()));
-    else return qmatrix<F>::borrow(copy(w.codes()), copy(w.scales()));
+    return qmatrix<F>::borrow_parts(copy(w.codes()), copy(w.scales()), copy(w.zeros()));
   }
   template <class F>
   swiglu_weights<F> copy(const swiglu_weights<F>& f) {
@@ -268,8 +265,7 @@ void bm_pages(benchmark::State& st, std::string name) {
   for (const auto& e : huge.experts()) bytes += e.bytes() + 64 * 16;
   small_page_arena arena(bytes);
   moe_weights<F> w;
-  w.gate = tensor<float, 2>({c.n_routed_experts, c.hidden_size});  // the same gate as get_layer's
-  fill(w.gate.flat(), 1, 1.7f / std::sqrt(float(c.hidden_size)));
+  w.gate = huge.router().gate_weight().dequantize();  // FP32: exact
   for (const auto& e : huge.experts()) w.experts.push_back(arena.copy(e));
   w.shared = arena.copy(huge.shared());
   moe_layer<cpu<>, F> small(c, std::move(w));  // borrowed experts: left in the arena's pages

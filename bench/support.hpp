@@ -42,20 +42,21 @@ inline double triad_pass(moela::tensor<float, 1>& a, const moela::tensor<float, 
   return bps;
 }
 
-inline double measure_triad() {
+/// Best of `reps` triad passes over 3 x 128 MiB arrays allocated and filled on the first call and
+/// kept (no page faults in later measurements); the first pass of the first call is a warm-up.
+inline double measure_triad(int reps) {
   const moela::index_t n = moela::index_t{32} << 20;  // 32 Mi floats = 128 MiB per array
-  moela::tensor<float, 1> a({n}), b({n}), c({n});
-  moela::parallel_for(n, [&](moela::index_t i0, moela::index_t i1) {
-    for (moela::index_t i = i0; i < i1; ++i) {
-      b.data()[i] = 1.0f;
-      c.data()[i] = 2.0f;
-    }
-  });
+  static moela::tensor<float, 1> a({n}), b({n}), c({n});
+  static const bool warm = [] {
+    moela::parallel_for(n, [](moela::index_t i0, moela::index_t i1) {
+      for (moela::index_t i = i0; i < i1; ++i) b.data()[i] = 1.0f, c.data()[i] = 2.0f;
+    });
+    triad_pass(a, b, c);
+    return true;
+  }();
+  (void)warm;
   double best = 0;
-  for (int rep = 0; rep < 6; ++rep) {
-    const double bps = triad_pass(a, b, c);
-    if (rep > 0) best = std::max(best, bps);
-  }
+  for (int rep = 0; rep < reps; ++rep) best = std::max(best, triad_pass(a, b, c));
   return best;
 }
 
@@ -92,30 +93,17 @@ inline double measure_fma_peak() {
   return best;
 }
 
-/// STREAM-triad bandwidth in bytes/s of this machine, with the current thread count.
+/// STREAM-triad bandwidth in bytes/s of this machine, with the current thread count: measured
+/// once per process (best of 5).
 inline double triad_bytes_per_s() {
-  static const double v = measure_triad();
+  static const double v = measure_triad(5);
   return v;
 }
 
-/// The triad measured now, best of 3, over 3 x 128 MiB arrays kept from the first call (so the
-/// call costs ~0.1 s and no page faults): for benchmarks that take their roofline from the
+/// The triad measured now (best of 3, ~0.1 s): for benchmarks that take their roofline from the
 /// bandwidth of the minutes they ran in, measured before and after the timed loop. On a shared
 /// host the bandwidth moves by tens of percent between runs (docs/performance.md).
-inline double triad_bytes_per_s_now() {
-  const moela::index_t n = moela::index_t{32} << 20;
-  static moela::tensor<float, 1> a({n}), b({n}), c({n});
-  static const bool filled = [] {
-    moela::parallel_for(n, [](moela::index_t i0, moela::index_t i1) {
-      for (moela::index_t i = i0; i < i1; ++i) b.data()[i] = 1.0f, c.data()[i] = 2.0f;
-    });
-    return true;
-  }();
-  (void)filled;
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) best = std::max(best, triad_pass(a, b, c));
-  return best;
-}
+inline double triad_bytes_per_s_now() { return measure_triad(3); }
 
 /// FP32 FMA peak in FLOP/s of this build's SIMD arch, with the current thread count.
 inline double fma_peak_flops() {
