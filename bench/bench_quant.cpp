@@ -147,7 +147,7 @@ void register_format(const std::string& name) {
   }
   // M = 512: a prefill; 48 x 2048 x 1408: one routed expert's gate (or up) GEMM in a 512-token
   // V2-Lite prefill (3072 token-expert pairs over 64 experts), where the packed GEMM and the
-  // dot-product tiles meet (`gemm_pack_min_rows`).
+  // dot-product tiles met on AVX2 (`gemm_pack_min_rows`).
   for (auto [m, n] : {std::pair<index_t, index_t>{512, 2048}, {48, 1408}})
     benchmark::RegisterBenchmark(("gemm/" + name + "/" + std::to_string(m) + "x2048x" + std::to_string(n)).c_str(),
                                  bm_gemm<F, Mode>)

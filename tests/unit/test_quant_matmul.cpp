@@ -109,16 +109,22 @@ TEST_CASE_TEMPLATE("matmul with M = 512 (prefill GEMM path)", F, q::f32, q::bf16
 TEST_CASE_TEMPLATE("matmul on both sides of the packed-GEMM threshold", F, q::f32, q::bf16, q::fp8_block<128, 128>,
                    q::int4_group<32>) {
   // M = gemm_pack_min_rows - 1 runs the dot-product tiles, M = gemm_pack_min_rows and + 1 the
-  // packed GEMM (whole and partial 6-row x panels); n = 75 ends in a partial 16-column panel.
+  // packed GEMM (whole and partial 6-row x panels); n = 75 ends in a partial panel (16 or 32
+  // columns). The second K spans three 512-column K blocks, the last partial, each decoded in
+  // 256-column pieces (the last one ending in a partial 16-column transpose for f32 and bf16).
   std::mt19937 rng(48);
-  const index_t n = 75, k = odd_k<F>(), m0 = moela::detail::gemm_pack_min_rows;
-  const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
-  for (index_t m : {m0 - 1, m0, m0 + 1}) {
-    CAPTURE(m);
-    const auto x = random_matrix(rng, m, k);
-    tensor<float, 2> y({m, n});
-    matmul(y.view(), x.cview(), w);
-    check_against_f64(y, x.cview(), w);
+  const index_t n = 75, m0 = moela::detail::gemm_pack_min_rows<xsimd::default_arch>;
+  const index_t long_k = F::kind == q::format_kind::int4_group ? 1152 : 1100;
+  for (index_t k : {odd_k<F>(), long_k}) {
+    CAPTURE(k);
+    const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+    for (index_t m : {m0 - 1, m0, m0 + 1}) {
+      CAPTURE(m);
+      const auto x = random_matrix(rng, m, k);
+      tensor<float, 2> y({m, n});
+      matmul(y.view(), x.cview(), w);
+      check_against_f64(y, x.cview(), w);
+    }
   }
 }
 

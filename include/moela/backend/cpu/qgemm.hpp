@@ -33,6 +33,7 @@
 
 #include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/cpu/x86/avx512_panel.hpp"
 #include "moela/backend/cpu/x86/gemm_a8_avx512.hpp"
 #include "moela/backend/cpu/x86/gemv_a8_avx2.hpp"
 #include "moela/backend/cpu/x86/gemv_a8_avx512.hpp"
@@ -204,22 +205,27 @@ struct tile_table {
   static constexpr std::array<fn, tile_mr * tile_nr> table = make(std::make_integer_sequence<int, tile_mr * tile_nr>{});
 };
 
-/// Register tile of the GEMM path for M >= gemm_pack_min_rows: `gemm_mr` rows of x times a
+/// Register tile of the GEMM path for M >= gemm_pack_min_rows<Arch>: `gemm_mr` rows of x times a
 /// packed panel of `gemm_nrv` vectors of weight rows. Roofline per k: gemm_nrv vector loads and
 /// gemm_mr broadcasts feed gemm_mr * gemm_nrv = 12 independent FMAs, so the FMA units, not the
 /// loads (2 per cycle), bound it; 12 + 2 + 1 registers of the 16.
 inline constexpr int gemm_mr = 6, gemm_nrv = 2;
 /// The packed path pays one transposed copy of every weight element (and of x) per call, which
-/// the register tile amortises over M rows. With the packings transposed in registers, one
-/// thread, K = 2048, two alternating runs in one session (GFLOP/s, dot-product tiles vs packed):
-///   N = 128:  M = 32 bf16 32.1-33.0 vs 30.4-31.1, f32 35.9-36.1 vs 31.0-31.5 (tiles win);
-///             M = 40 mixed (bf16 33.0 vs 33.8-34.0, f32 35.6-36.6 vs 33.0-34.1);
-///             M = 48 bf16 31.6-34.5 vs 33.6-35.0, int4 30.1-33.1 vs 34.1-34.2 (packed);
-///   N = 1408: M = 32-40 level within the spread; M = 48 bf16 28.6-28.8 vs 31.0-36.3, int4
-///             28.0 vs 33.7-36.2; M = 56 bf16 29.1-29.6 vs 30.3-31.3 (packed).
-/// (An MoE expert of a 512-token prefill gets ~48 rows; with scalar packing the crossover was
-/// at M = 256.)
-inline constexpr index_t gemm_pack_min_rows = 48;
+/// the register tile amortises over M rows; where it starts depends on the ISA.
+///  - AVX2 (the Zen 1 machine): with the packings transposed in registers, one thread, K = 2048,
+///    two alternating runs (GFLOP/s, dot-product tiles vs packed): N = 128: M = 32 bf16
+///    32.1-33.0 vs 30.4-31.1 (tiles win), M = 40 mixed, M = 48 bf16 31.6-34.5 vs 33.6-35.0
+///    (packed); N = 1408: M = 32-40 level, M = 48 bf16 28.6-28.8 vs 31.0-36.3 (packed): 48.
+///  - AVX-512 (Zen 4): the 4 x 3 dot-product tiles stay near 40-47 GFLOP/s for every M (their
+///    decoded rows, 48 x 512 floats, come from L2), while the packed tile, with 16 x 16
+///    transposes and rows decoded 256 columns at a time, passes them from M = 12. One thread,
+///    K = 2048, two runs (tiles vs packed): N = 128: M = 8 f32 45 vs 35, bf16 39 vs 29-32,
+///    fp8 36 vs 28; M = 12 f32 47 vs 53, bf16 42 vs 48, fp8 40 vs 42-43, int4 41.5 vs 46.5;
+///    M = 16 every format 38-49 vs 47-57; N = 1408, M = 48: bf16 42 vs 71, fp8 36.5 vs 70,
+///    int4 45 vs 72: 12. (An MoE expert of a 512-token V2-Lite prefill gets ~48 rows, half
+///    of them fewer.)
+template <class Arch>
+inline constexpr index_t gemm_pack_min_rows = std::is_base_of_v<xsimd::avx512f, Arch> ? 12 : 48;
 template <class Arch>
 inline constexpr index_t gemm_nr = gemm_nrv * static_cast<index_t>(xsimd::batch<float, Arch>::size);
 
@@ -277,12 +283,23 @@ void pack_x_panel(const float* const* rows, index_t K, float* dst) {
 }
 
 /// A k-major weight panel from NR decoded rows: dst[k * NR + j] = rows[j][k], k < len, j < NR.
-/// With AVX2 the rows are transposed 8 x 8 in registers (16 half-row loads, 16 in-lane shuffles,
-/// 8 full-line stores per 64 floats): the scalar loop stores one float per instruction, with a
-/// stride of NR floats, so each of the block's kc lines is written NR times.
+/// With AVX-512 the rows are transposed 16 x 16 in registers (16 row loads, 64 shuffles, 16
+/// line stores per 256 floats); with AVX2 8 x 8 (16 half-row loads, 16 in-lane shuffles, 8
+/// full-line stores per 64 floats): the scalar loop stores one float per instruction, with a
+/// stride of NR floats, so each of the block's lines is written NR times.
 template <class Arch, index_t NR>
 void pack_panel(const float* const* rows, index_t len, float* dst) {
   index_t k = 0;
+#if defined(__AVX512F__) && !defined(MOELA_FORCE_GENERIC)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, Arch> && NR % 16 == 0) {
+    for (; k + 16 <= len; k += 16)
+      MOELA_UNROLL for (index_t j0 = 0; j0 < NR; j0 += 16) {
+        __m512i r[16];
+        MOELA_UNROLL for (int i = 0; i < 16; ++i) r[i] = _mm512_castps_si512(_mm512_loadu_ps(rows[j0 + i] + k));
+        transpose16x16_store(r, reinterpret_cast<std::uint32_t*>(dst + k * NR + j0), NR);
+      }
+  }
+#endif
 #ifdef MOELA_X86_AVX2_KERNELS
   if constexpr (use_avx2<Arch> && NR % 8 == 0) {
     for (; k + 8 <= len; k += 8)
@@ -307,6 +324,88 @@ void pack_panel(const float* const* rows, index_t len, float* dst) {
 #endif
   for (; k < len; ++k)
     for (index_t j = 0; j < NR; ++j) dst[k * NR + j] = rows[j][k];
+}
+
+#if defined(__AVX512BW__) && defined(__AVX512VL__) && !defined(MOELA_FORCE_GENERIC) && defined(MOELA_X86_AVX2_KERNELS)
+#define MOELA_AVX512_PACK_DECODE 1
+/// The formats `decode16` takes: every scale span along K a multiple of 16 columns.
+template <class F>
+inline constexpr bool decode16_format = F::kind == quant::format_kind::dense || F::group % 16 == 0;
+
+/// W[n, k .. k + 16) as fp32 (k a multiple of 16), scale applied unless `scaled` is false (fp8):
+/// the same values as decode_segment, in one register. Ops per 16 weights: f32 1, bf16/fp16 2-3,
+/// INT8 4, INT4 8, FP8 E4M3 10 (NaN codes give NaN, as the table decoder).
+template <class F>
+MOELA_ALWAYS_INLINE __m512 decode16(const qmatrix<F>& w, index_t n, index_t k, bool scaled) {
+  using namespace quant;
+  using Code = typename F::code_type;
+  const Code* row = w.row_codes(n);
+  if constexpr (F::kind == format_kind::dense) {
+    if constexpr (std::is_same_v<Code, float>) {
+      return _mm512_loadu_ps(row + k);
+    } else {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k));
+      if constexpr (std::is_same_v<Code, moela::bf16>) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      else return _mm512_cvtph_ps(h);
+    }
+  } else if constexpr (F::kind == format_kind::fp8_block) {
+    const float s = scaled ? w.scale_data()[(n / F::block_rows) * w.scale_cols() + k / F::group] : 1.0f;
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
+    __m256i h;
+    if constexpr (std::is_same_v<Code, fp8_e5m2>) {
+      h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(c), 8);  // an E5M2 code is the high byte of an fp16
+    } else {  // as e4m3x8_to_fp16_bits, 16 lanes; NaN codes -> fp16 qNaN
+      h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(c), 7), _mm256_set1_epi16(static_cast<short>(0xBFFF)));
+      const __m256i m = _mm256_set1_epi16(0x3F80);
+      h = _mm256_or_si256(h, _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(h, m), m), _mm256_set1_epi16(0x7E00)));
+    }
+    return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(s * fp8_fp16_rescale<Code>));
+  } else if constexpr (F::kind == format_kind::int8_rowwise || F::kind == format_kind::int8_group) {
+    const index_t g = F::group == 0 ? w.cols() : F::group;
+    const float s = quant::detail::scale_to_float(w.scale_data()[n * w.scale_cols() + k / g]);
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), _mm512_set1_ps(s));
+  } else {  // int4_group: byte b holds codes 2b (low nibble) and 2b + 1
+    const index_t gi = n * w.scale_cols() + k / F::group;
+    const float s = quant::detail::scale_to_float(w.scale_data()[gi]);
+    const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + k / 2)));
+    // 16-bit lane i = (high nibble << 8) | low nibble: the 16 codes as bytes, in order.
+    const __m128i u = _mm_or_si128(_mm_and_si128(b, _mm_set1_epi16(0x0F)), _mm_slli_epi16(_mm_srli_epi16(b, 4), 8));
+    __m512i q = _mm512_cvtepu8_epi32(u);
+    if constexpr (F::has_zero)
+      q = _mm512_sub_epi32(q, _mm512_set1_epi32(w.zero_data()[gi]));
+    else  // two's complement nibble: (u ^ 8) - 8
+      q = _mm512_sub_epi32(_mm512_xor_si512(q, _mm512_set1_epi32(8)), _mm512_set1_epi32(8));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(s));
+  }
+}
+
+/// A k-major weight panel decoded straight from the codes: dst[(k - a) * NR + j] = W[n0 + j, k]
+/// for j < count (zeros for count <= j < NR) and k in [a, b), (b - a) and a multiples of 16.
+/// Per 16 x 16 block: 16 decodes into registers, 64 shuffles, 16 line stores; no fp32 row buffer.
+template <index_t NR, class F>
+void pack_panel_decoded(const qmatrix<F>& w, index_t n0, index_t count, index_t a, index_t b, float* dst, bool scaled) {
+  static_assert(NR % 16 == 0);
+  for (index_t k = a; k < b; k += 16)
+    MOELA_UNROLL for (index_t j0 = 0; j0 < NR; j0 += 16) {
+      __m512i r[16];
+      MOELA_UNROLL for (int i = 0; i < 16; ++i)
+        r[i] = j0 + i < count ? _mm512_castps_si512(decode16(w, n0 + j0 + i, k, scaled)) : _mm512_setzero_si512();
+      transpose16x16_store(r, reinterpret_cast<std::uint32_t*>(dst + (k - a) * NR + j0), NR);
+    }
+}
+#endif
+
+/// Prefetches (into L1) the codes of columns [a, b) of `count` rows of `w` from row n0 on.
+template <class F>
+MOELA_ALWAYS_INLINE void prefetch_rows(const qmatrix<F>& w, index_t n0, index_t count, index_t a, index_t b) {
+  constexpr index_t line = 64;
+  const auto at = [](index_t k) { return F::packed4 ? k / 2 : k * static_cast<index_t>(sizeof(typename F::code_type)); };
+  const index_t o0 = at(a) / line * line, o1 = at(b);
+  for (index_t r = 0; r < count; ++r) {
+    const char* row = reinterpret_cast<const char*>(w.row_codes(n0 + r));
+    for (index_t o = o0; o < o1; o += line) __builtin_prefetch(row + o, 0, 3);
+  }
 }
 
 /// A per-thread scratch buffer, grown once (never inside a kernel's loops) and reused.
@@ -394,7 +493,7 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
       }
     }
   };
-  if (M >= gemm_pack_min_rows) {
+  if (M >= gemm_pack_min_rows<Arch>) {
     // GEMM: blocks of nc weight rows split over threads; per K block of kc, the rows are decoded
     // (exactly once per call) and packed into panels of NR columns (kc x NR, k-major), which the
     // register tile sweeps for every gemm_mr rows of x. Per thread: a packed block of kc x nc
@@ -417,29 +516,51 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
     });
     const index_t kc = Faithful ? 128 : 512;
     constexpr index_t block_panels = 6;  // nc = 6 NR weight rows decoded per K block
+    // Rows are decoded and packed `sub` columns at a time, so the decoded rows of a panel
+    // (NR x sub floats: 32 KiB with AVX-512) stay in L1 between the decoder's stores and the
+    // transpose's loads. A multiple of every format's K span (FP8 blocks, INT4 groups).
+    constexpr index_t sub = 256;
     const index_t npanels_all = (N + NR - 1) / NR;
     // Each thread gets a contiguous, equal share of the panels (the static split) and walks it
     // in blocks of block_panels, so no thread is left with a whole extra block.
     parallel_for(npanels_all, [&](index_t q0, index_t q1) {
       // The decoded rows of one panel, a row of zeros (for columns past N), the packed block.
-      float* rowbuf = scratch_floats(static_cast<std::size_t>((NR + 1 + block_panels * NR) * kc));
-      float* zeros = rowbuf + NR * kc;
-      float* packed = zeros + kc;
-      std::fill_n(zeros, kc, 0.0f);
+      float* rowbuf = scratch_floats(static_cast<std::size_t>((NR + 1) * sub + block_panels * NR * kc));
+      float* zeros = rowbuf + NR * sub;
+      float* packed = zeros + sub;
+      std::fill_n(zeros, sub, 0.0f);
       alignas(64) float tile[gemm_mr * NR];
       for (index_t qb = q0; qb < q1; qb += block_panels) {
         const index_t n0 = qb * NR, nn = std::min(N, std::min(q1, qb + block_panels) * NR) - n0;
         const index_t npanels = (nn + NR - 1) / NR;
         for (index_t k0 = 0; k0 < K; k0 += kc) {
           const index_t len = std::min(K, k0 + kc) - k0;
-          for (index_t p = 0; p < npanels; ++p) {
-            const float* rows[NR];
-            for (index_t j = 0; j < NR; ++j) {
-              const index_t c = p * NR + j;  // columns past N: zeros (their sums are not stored)
-              rows[j] = c < nn ? decode_segment<Arch>(w, n0 + c, k0, k0 + len, rowbuf + j * kc, !Faithful) : zeros;
+          for (index_t p = 0; p < npanels; ++p)
+            for (index_t s0 = 0; s0 < len; s0 += sub) {
+              const index_t a = k0 + s0, b = std::min(k0 + len, a + sub);
+              // The next sub-block's codes, while this one is decoded: the walk takes sub codes
+              // of NR rows in turn, a stride the hardware prefetcher does not follow (FP8 at
+              // M = 48 spent most of its decode waiting on these loads without it).
+              if (b < k0 + len)
+                prefetch_rows(w, n0 + p * NR, std::min(NR, nn - p * NR), b, std::min(k0 + len, b + sub));
+              else if (p + 1 < npanels)
+                prefetch_rows(w, n0 + (p + 1) * NR, std::min(NR, nn - (p + 1) * NR), k0, std::min(k0 + len, k0 + sub));
+              float* dst = packed + p * kc * NR + s0 * NR;
+#ifdef MOELA_AVX512_PACK_DECODE
+              if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch> && decode16_format<F> && NR % 16 == 0) {
+                if ((b - a) % 16 == 0) {
+                  pack_panel_decoded<NR>(w, n0 + p * NR, std::min(NR, nn - p * NR), a, b, dst, !Faithful);
+                  continue;
+                }
+              }
+#endif
+              const float* rows[NR];
+              for (index_t j = 0; j < NR; ++j) {
+                const index_t c = p * NR + j;  // columns past N: zeros (their sums are not stored)
+                rows[j] = c < nn ? decode_segment<Arch>(w, n0 + c, a, b, rowbuf + j * sub, !Faithful) : zeros;
+              }
+              pack_panel<Arch, NR>(rows, b - a, dst);
             }
-            pack_panel<Arch, NR>(rows, len, packed + p * kc * NR);
-          }
           for (index_t m0 = 0; m0 < M; m0 += gemm_mr) {
             const index_t mr = std::min<index_t>(gemm_mr, M - m0);
             const float* ap = xpack + m0 * K + k0 * gemm_mr;

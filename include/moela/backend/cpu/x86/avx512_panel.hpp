@@ -1,9 +1,9 @@
 #pragma once
 /// \file moela/backend/cpu/x86/avx512_panel.hpp
-/// What the two panel GEMMs of AVX-512 share (internal, moela::detail; gemm_a8_avx512.hpp: quads
-/// of int8 codes per 32-bit lane, gemm_bf16_avx512.hpp: pairs of bf16): the 16 x 16 transpose of
-/// 32-bit elements that turns 16 weight rows into a k-major panel (64 shuffles per 16 lines
-/// instead of 256 scalar 4-byte moves), the walk over the activation rows in register tiles,
+/// What the panel GEMMs of AVX-512 share (internal, moela::detail; gemm_a8_avx512.hpp: quads
+/// of int8 codes per 32-bit lane, gemm_bf16_avx512.hpp: pairs of bf16, and qgemm.hpp's fp32
+/// panels): the 16 x 16 transpose of 32-bit elements that turns 16 weight rows into a k-major
+/// panel (64 shuffles per 16 lines instead of 256 scalar 4-byte moves), the walk over the activation rows in register tiles,
 /// the panel pairs a worker packs and their per-worker buffers.
 
 #include <algorithm>
@@ -21,11 +21,10 @@
 
 namespace moela::detail {
 
-/// dst[j * 16 + i] = src[i * lds + j] for i, j < 16 (32-bit elements; src rows of stride `lds`
-/// elements, dst 16 lines of 64 bytes, 64-byte aligned).
-MOELA_ALWAYS_INLINE void transpose16x16_epi32(const std::uint32_t* src, std::ptrdiff_t lds, std::uint32_t* dst) {
-  __m512i r[16], a[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * lds);
+/// Transposes the 16 x 16 matrix of 32-bit elements held in `r` (row i in r[i]) and stores
+/// line j (column j of r: r[0][j], ..., r[15][j]) at dst + j * ldd. 64 shuffles; `r` is clobbered.
+MOELA_ALWAYS_INLINE void transpose16x16_store(__m512i (&r)[16], std::uint32_t* dst, std::ptrdiff_t ldd) {
+  __m512i a[16];
   // Per 128-bit lane L: a[2i] = (r2i[4L], r2i+1[4L], r2i[4L+1], r2i+1[4L+1]), a[2i+1] the same of 4L+2, 4L+3.
   for (int i = 0; i < 8; ++i) {
     a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
@@ -42,11 +41,20 @@ MOELA_ALWAYS_INLINE void transpose16x16_epi32(const std::uint32_t* src, std::ptr
   for (int c = 0; c < 4; ++c) {
     const __m512i u0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x44), u1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xEE);
     const __m512i u2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x44), u3 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xEE);
-    _mm512_store_si512(dst + (0 + c) * 16, _mm512_shuffle_i32x4(u0, u2, 0x88));
-    _mm512_store_si512(dst + (4 + c) * 16, _mm512_shuffle_i32x4(u0, u2, 0xDD));
-    _mm512_store_si512(dst + (8 + c) * 16, _mm512_shuffle_i32x4(u1, u3, 0x88));
-    _mm512_store_si512(dst + (12 + c) * 16, _mm512_shuffle_i32x4(u1, u3, 0xDD));
+    _mm512_storeu_si512(dst + (0 + c) * ldd, _mm512_shuffle_i32x4(u0, u2, 0x88));
+    _mm512_storeu_si512(dst + (4 + c) * ldd, _mm512_shuffle_i32x4(u0, u2, 0xDD));
+    _mm512_storeu_si512(dst + (8 + c) * ldd, _mm512_shuffle_i32x4(u1, u3, 0x88));
+    _mm512_storeu_si512(dst + (12 + c) * ldd, _mm512_shuffle_i32x4(u1, u3, 0xDD));
   }
+}
+
+/// dst[j * ldd + i] = src[i * lds + j] for i, j < 16 (32-bit elements; src rows of stride `lds`
+/// elements, dst 16 lines of 16 elements, `ldd` elements apart).
+MOELA_ALWAYS_INLINE void transpose16x16_epi32(const std::uint32_t* src, std::ptrdiff_t lds, std::uint32_t* dst,
+                                              std::ptrdiff_t ldd = 16) {
+  __m512i r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * lds);
+  transpose16x16_store(r, dst, ldd);
 }
 
 /// Calls `tile(std::integral_constant<int, MR>{}, m)` for m = 0, MR, 2 MR, ... over M rows, then
