@@ -345,9 +345,10 @@ TEST_CASE_TEMPLATE("int8 activations, M > 4: every tile shape of the integer GEM
                    q::int8_rowwise<>, q::int8_group<6>, q::int4_group<32>, q::int4_group_asym<64, moela::bf16>) {
   // M covers whole 6-row tiles with and without a tail; N one and two 16-row panels, full and
   // partial; K not a multiple of 4 (rowwise, and int8_group<6>, whose spans end at multiples of 6
-  // and so take the fp32 path instead of the VNNI one).
+  // and so take the fp32 path instead of the VNNI one). The packed weights take 64 codes per
+  // step; K % 64 = 45 (rowwise) and 32 (int4_group<32>: K = 352) leave a tail for the row buffer.
   std::mt19937 rng(23);
-  const index_t k = F::kind == q::format_kind::int4_group ? 320 : (F::group == 6 ? 198 : 301);
+  const index_t k = F::kind == q::format_kind::int4_group ? (F::group == 32 ? 352 : 320) : (F::group == 6 ? 198 : 301);
   const index_t wg = F::group == 0 ? k : F::group, kb = (k + 127) / 128;
   for (index_t n : {index_t{16}, index_t{33}, index_t{64}})
     for (index_t m : {index_t{6}, index_t{12}, index_t{40}}) {

@@ -24,8 +24,9 @@
 /// Roofline (per k-quad, tile of 6 rows x 32 columns): 12 `vpdpbusd` (768 MACs), 2 weight loads,
 /// 6 broadcasts; per span and accumulator 3 fp32 ops (12% next to 32 quads of a 128-wide span,
 /// 38% next to 8 of a 32-wide one). A `vpdpbusd` on zmm does 64 MACs, 4x an fp32 FMA, so the
-/// ceiling is 4x an fp32 GEMM at equal issue rate. The pack costs ~1 store per 4 weights per
-/// call, shared by the M rows (the reason this path starts above the GEMV's M <= 4).
+/// ceiling is 4x an fp32 GEMM at equal issue rate. The pack (codes converted in registers and
+/// transposed 16 x 16, no row buffer) costs ~1 store per 4 weights per call, shared by the M
+/// rows (the reason this path starts above the GEMV's M <= 4).
 ///
 /// Needs a translation unit compiled with AVX512-VNNI (`MOELA_AVX512_VNNI_KERNELS`, from
 /// avx512_qdot.hpp); `gemm_a8_vnni` returns false, and the caller takes another path, when a
@@ -74,57 +75,75 @@ inline bool a8_spans(index_t K, index_t wg, std::vector<a8_span>& out) {
 
 inline constexpr index_t a8_panel = panel_rows;  ///< output rows per packed panel (one zmm of int32)
 
+/// The 64 codes of row n at k .. k + 64 (k a multiple of 64) as the bytes u = c + 128.
+template <class F>
+MOELA_ALWAYS_INLINE __m512i a8_codes64(const qmatrix<F>& w, index_t n, index_t k) {
+  if constexpr (F::packed4) {
+    // byte j -> 16-bit lane j = [low nibble | high nibble << 8]: codes 2j, 2j+1 in k order.
+    const __m512i w16 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.row_codes(n) + k / 2)));
+    const __m512i u = _mm512_or_si512(_mm512_and_si512(w16, _mm512_set1_epi16(0x000F)),
+                                      _mm512_and_si512(_mm512_slli_epi16(w16, 4), _mm512_set1_epi16(0x0F00)));
+    if constexpr (F::has_zero) {  // c + 128 = nibble + (128 - z), z per group of G >= 32
+      const std::uint8_t* z = w.zero_data() + n * w.scale_cols();
+      const __m512i lo = _mm512_set1_epi8(static_cast<char>(128 - z[k / F::group]));
+      const __m512i hi = _mm512_set1_epi8(static_cast<char>(128 - z[(k + 32) / F::group]));
+      return _mm512_add_epi8(u, _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, lo, hi));
+    } else {  // c + 128 = (nibble ^ 8) - 8 + 128
+      return _mm512_add_epi8(_mm512_xor_si512(u, _mm512_set1_epi8(8)), _mm512_set1_epi8(120));
+    }
+  } else {
+    return _mm512_xor_si512(_mm512_loadu_si512(w.row_codes(n) + k), _mm512_set1_epi8(static_cast<char>(0x80)));
+  }
+}
+
 /// Packs rows [n0, n0 + nv) of `w` (nv <= 16) into `codes` (`quads` lines of 16 dwords, room for
-/// `quads` rounded up to 16, 64-byte aligned; rows past nv get c = 0) and `scales` (spans x 16 floats; 0 past nv). `row` is scratch of 16 x 4·quads
-/// bytes (rounded up to 64).
+/// `quads` rounded up to 16; rows past nv get c = 0) and `scales` (spans x 16 floats; 0 past
+/// nv). Per 64 codes the 16 rows are converted in registers (a8_codes64) and transposed 16 x 16
+/// into 16 lines; a K tail (K % 64) goes through `row`, scratch of 16 x 64 bytes.
 template <class F>
 void a8_pack_panel(const qmatrix<F>& w, index_t n0, index_t nv, const std::vector<a8_span>& spans, index_t quads,
-                   std::uint32_t* codes, float* scales, std::uint8_t* row, index_t ldrow) {
-  const index_t K = w.cols();
-  for (index_t i = 0; i < a8_panel; ++i) {
-    std::uint8_t* r = row + i * ldrow;
-    index_t k = 0;
-    if (i < nv) {
-      const index_t n = n0 + i;
-      if constexpr (F::packed4) {
-        const std::uint8_t* p = w.row_codes(n);
-        [[maybe_unused]] const std::uint8_t* z = F::has_zero ? w.zero_data() + n * w.scale_cols() : nullptr;
-        const __m512i lo_mask = _mm512_set1_epi16(0x000F), hi_mask = _mm512_set1_epi16(0x0F00);
-        for (; k + 64 <= K; k += 64) {
-          // byte j -> 16-bit lane j = [low nibble | high nibble << 8]: codes 2j, 2j+1 in k order.
-          const __m512i w16 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k / 2)));
-          __m512i u = _mm512_or_si512(_mm512_and_si512(w16, lo_mask), _mm512_and_si512(_mm512_slli_epi16(w16, 4), hi_mask));
-          if constexpr (F::has_zero) {  // c + 128 = nibble + (128 - z), z per group of G >= 32
-            const __m512i lo = _mm512_set1_epi8(static_cast<char>(128 - z[k / F::group]));
-            const __m512i hi = _mm512_set1_epi8(static_cast<char>(128 - z[(k + 32) / F::group]));
-            u = _mm512_add_epi8(u, _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, lo, hi));
-          } else {  // c + 128 = (nibble ^ 8) - 8 + 128
-            u = _mm512_add_epi8(_mm512_xor_si512(u, _mm512_set1_epi8(8)), _mm512_set1_epi8(120));
-          }
-          _mm512_storeu_si512(r + k, u);
-        }
-        for (; k < K; ++k) {
-          const int nib = (p[k / 2] >> (4 * (k & 1))) & 0xF;
-          const int c = F::has_zero ? nib - int(z[k / F::group]) : (nib ^ 8) - 8;
-          r[k] = static_cast<std::uint8_t>(c + 128);
-        }
-      } else {
-        const std::int8_t* p = w.row_codes(n);
-        const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
-        for (; k + 64 <= K; k += 64) _mm512_storeu_si512(r + k, _mm512_xor_si512(_mm512_loadu_si512(p + k), bias));
-        for (; k < K; ++k) r[k] = static_cast<std::uint8_t>(p[k]) ^ 0x80u;
-      }
-    }
-    std::memset(r + k, 128, static_cast<std::size_t>(4 * quads - k));  // c = 0
+                   std::uint32_t* codes, float* scales, std::uint8_t* row) {
+  const index_t K = w.cols(), full = K / 64 * 64;
+  for (index_t k = 0; k < full; k += 64) {
+    __m512i r[16];
+    MOELA_UNROLL for (int i = 0; i < 16; ++i)
+      r[i] = i < nv ? a8_codes64(w, n0 + i, k) : _mm512_set1_epi8(static_cast<char>(128));
+    transpose16x16_store(r, codes + (k / 4) * a8_panel, a8_panel);
   }
-  // [16][K] bytes -> [K/4][16] dwords, 16 lines at a time (lines past `quads` are not read).
-  for (index_t q = 0; q < quads; q += 16)
-    transpose16x16_epi32(reinterpret_cast<const std::uint32_t*>(row) + q, ldrow / 4, codes + q * a8_panel);
+  if (full < 4 * quads) {  // the tail: codes [full, K), then c = 0 up to full + 64
+    for (index_t i = 0; i < a8_panel; ++i) {
+      std::uint8_t* r = row + i * 64;
+      index_t k = full;
+      if (i < nv) {
+        const index_t n = n0 + i;
+        for (; k < K; ++k) {
+          if constexpr (F::packed4) {
+            const int nib = (w.row_codes(n)[k / 2] >> (4 * (k & 1))) & 0xF;
+            const int c = F::has_zero ? nib - int(w.zero_data()[n * w.scale_cols() + k / F::group]) : (nib ^ 8) - 8;
+            r[k - full] = static_cast<std::uint8_t>(c + 128);
+          } else {
+            r[k - full] = static_cast<std::uint8_t>(w.row_codes(n)[k]) ^ 0x80u;
+          }
+        }
+      }
+      std::memset(r + (k - full), 128, static_cast<std::size_t>(64 - (k - full)));
+    }
+    transpose16x16_epi32(reinterpret_cast<const std::uint32_t*>(row), 16, codes + (full / 4) * a8_panel);
+  }
+  // Scales: [spans][16] floats. With fp32 scales, one weight group per span (G <= 128: span t
+  // reads scale column t) and 16 rows, 16 spans at a time are one 16 x 16 transpose.
   const typename F::scale_type* s = w.scale_data();
-  for (std::size_t t = 0; t < spans.size(); ++t)
+  const index_t S = static_cast<index_t>(spans.size()), ldsc = w.scale_cols();
+  index_t t = 0;
+  if constexpr (std::is_same_v<typename F::scale_type, float>)
+    if (nv == a8_panel && spans.back().wcol == S - 1)
+      for (; t + 16 <= S; t += 16)
+        transpose16x16_epi32(reinterpret_cast<const std::uint32_t*>(s + n0 * ldsc + t), ldsc,
+                             reinterpret_cast<std::uint32_t*>(scales + t * a8_panel));
+  for (; t < S; ++t)
     for (index_t i = 0; i < a8_panel; ++i)
-      scales[static_cast<index_t>(t) * a8_panel + i] =
-          i < nv ? quant::detail::scale_to_float(s[(n0 + i) * w.scale_cols() + spans[t].wcol]) : 0.f;
+      scales[t * a8_panel + i] =
+          i < nv ? quant::detail::scale_to_float(s[(n0 + i) * ldsc + spans[static_cast<std::size_t>(t)].wcol]) : 0.f;
 }
 
 /// y[m, 16p + j] (m < MR, p < NP, j < 16 where mask[p] has bit j) for NP packed panels.
@@ -210,15 +229,14 @@ bool gemm_a8_vnni(float* y, index_t ldy, const std::int8_t* xq, const float* sx,
       init[m * S + t] = -128 * s;
     }
   }
-  const index_t ldrow = (ldx + 63) / 64 * 64;
   parallel_for(panel_pair::count(N), [&](index_t pa, index_t pb) {
-    const panel_pair_buffers<std::uint8_t> buf(quads, S, ldrow);  // this worker's pack
+    const panel_pair_buffers<std::uint8_t> buf(quads, S, 64);  // this worker's pack (row: the K tail)
     for (index_t pr = pa; pr < pb; ++pr) {
       const panel_pair pp(pr, N);
       const index_t n0 = pp.n0, nv0 = pp.nv[0], nv1 = pp.nv[1];
       const __mmask16 m0 = pp.mask[0], m1 = pp.mask[1];
-      a8_pack_panel(w, n0, nv0, spans, quads, buf.codes[0], buf.scales[0], buf.row, ldrow);
-      if (nv1 > 0) a8_pack_panel(w, n0 + a8_panel, nv1, spans, quads, buf.codes[1], buf.scales[1], buf.row, ldrow);
+      a8_pack_panel(w, n0, nv0, spans, quads, buf.codes[0], buf.scales[0], buf.row);
+      if (nv1 > 0) a8_pack_panel(w, n0 + a8_panel, nv1, spans, quads, buf.codes[1], buf.scales[1], buf.row);
       auto rows = [&]<int MR>(std::integral_constant<int, MR>, index_t m) {
         if (nv1 > 0)
           a8_tile<MR, 2>({buf.codes[0], buf.codes[1]}, {buf.scales[0], buf.scales[1]}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans,
