@@ -2,7 +2,8 @@
 // out of a safetensors checkpoint (zero copy), multiply in the fast and the DeepSeek-faithful
 // FP8 modes, re-quantize the same weight to other formats and compare size and error, with
 // fp32 activations (weight-only quantization) and with int8 activations (W8A8 / W4A8), the
-// latter also quantized once and shared by two weights (quant::int8_activation_rows).
+// latter also quantized once and shared by two weights (quant::int8_activation_rows); then
+// zero-copy row views (row_slice) and one shared buffer for several matrices (share_storage).
 //
 // usage: quantize_and_multiply [model.safetensors] [tensor name]
 // ctest-args: examples/models/tiny-fortunes-fp8/model.safetensors model.layers.0.mlp.down_proj.weight
@@ -10,6 +11,7 @@
 #include <moela/io/safetensors.hpp>
 #include <moela/quant.hpp>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -112,7 +114,29 @@ int main(int argc, char** argv) {
     const bool same_a8 = rel_err(y4, y4_mode) == 0;
     std::printf("one int8_activation_rows for int8 and int4 weights: errors %.2e, %.2e; %s the mode\n",
                 rel_err(y8, y_ref), rel_err(y4, y_ref), same_a8 ? "equals" : "DIFFERS FROM");
-    const bool ok = rel_err(y_fast, y_ref) < 1e-5 && rel_err(y_faithful, y_ref) < 0.2 && same_w8a8 && same_a8;
+    // 6. Views and storage: row_slice views rows [r0, r1) of a weight without a copy (r0 on a
+    //    scale block boundary: 128 rows for FP8), so two matmuls on the halves give the whole
+    //    product; share_storage moves several matrices into one buffer (2 MiB aligned, huge-page
+    //    advised), values unchanged, which is what an MoE layer does with its experts.
+    const moela::index_t half = (w.rows() / 2 + 127) / 128 * 128;
+    bool same_views = half < w.rows();
+    if (same_views) {
+      moela::tensor<float, 2> y_top({3, half}), y_bottom({3, w.rows() - half});
+      moela::matmul(y_top.view(), x.cview(), moela::row_slice(w, 0, half));
+      moela::matmul(y_bottom.view(), x.cview(), moela::row_slice(w, half, w.rows()));
+      for (moela::index_t i = 0; i < 3; ++i)
+        for (moela::index_t j = 0; j < w.rows(); ++j)
+          same_views = same_views && (j < half ? y_top(i, j) : y_bottom(i, j - half)) == y_fast(i, j);
+    }
+    auto first = w_int4, second = w_int4;  // two matrices (copies here), one buffer after the call
+    moela::qmatrix<q::int4_group<32>>::share_storage(std::array{&first, &second});
+    for (const auto* m : {&first, &second}) {
+      moela::matmul(y4_mode.view(), xq, *m);
+      same_views = same_views && rel_err(y4_mode, y4) == 0;
+    }
+    std::printf("row_slice halves and share_storage copies: %s the whole weights\n", same_views ? "equal" : "DIFFER FROM");
+    const bool ok =
+        rel_err(y_fast, y_ref) < 1e-5 && rel_err(y_faithful, y_ref) < 0.2 && same_w8a8 && same_a8 && same_views;
     std::printf("%s\n", ok ? "ok" : "UNEXPECTED ERROR LEVEL");
     return ok ? 0 : 1;
   } catch (const moela::error& e) {
