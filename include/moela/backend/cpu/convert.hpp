@@ -110,6 +110,21 @@ MOELA_ALWAYS_INLINE __m256 fp8x8_to_ps(__m128i c8, __m256 mul) {
     return _mm256_mul_ps(_mm256_cvtph_ps(h), mul);
   }
 }
+/// 16 FP8 codes -> 16 fp16 bit patterns, the first step of fp8x8_to_ps on 16 lanes (for
+/// `_mm512_cvtph_ps`): E5M2 codes are the high byte of an fp16; E4M3 codes become value * 2^-8
+/// (e4m3x8_to_fp16_bits) with NaN codes turned into fp16 qNaN. Multiply the floats by
+/// fp8_fp16_rescale<Code>.
+template <class Code>
+MOELA_ALWAYS_INLINE __m256i fp8x16_to_fp16_bits(__m128i c16) {
+  if constexpr (std::is_same_v<Code, fp8_e5m2>) {
+    return _mm256_slli_epi16(_mm256_cvtepu8_epi16(c16), 8);
+  } else {
+    const __m256i h =
+        _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(c16), 7), _mm256_set1_epi16(static_cast<short>(0xBFFF)));
+    const __m256i m = _mm256_set1_epi16(0x3F80);  // NaN lanes: exponent and mantissa all ones
+    return _mm256_or_si256(h, _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(h, m), m), _mm256_set1_epi16(0x7E00)));
+  }
+}
 /// The factor an fp8x8_to_ps result needs for unit scale.
 template <class Code>
 inline constexpr float fp8_fp16_rescale = std::is_same_v<Code, fp8_e5m2> ? 1.0f : 256.0f;
