@@ -112,20 +112,30 @@ TEST_CASE_TEMPLATE("matmul on both sides of the packed-GEMM threshold", F, q::f3
   // packed GEMM (whole and partial 6-row x panels); n = 75 ends in a partial panel (16 or 32
   // columns). The second K spans three 512-column K blocks, the last partial, each decoded in
   // 256-column pieces (the last one ending in a partial 16-column transpose for f32 and bf16).
+  // The build's arch, and AVX2 where it is not the build's: its threshold and its panel path
+  // (decoded rows transposed 8 x 8) differ from AVX-512's (decoded into registers, 16 x 16).
   std::mt19937 rng(48);
-  const index_t n = 75, m0 = moela::detail::gemm_pack_min_rows<xsimd::default_arch>;
+  const index_t n = 75;
   const index_t long_k = F::kind == q::format_kind::int4_group ? 1152 : 1100;
-  for (index_t k : {odd_k<F>(), long_k}) {
-    CAPTURE(k);
-    const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
-    for (index_t m : {m0 - 1, m0, m0 + 1}) {
-      CAPTURE(m);
-      const auto x = random_matrix(rng, m, k);
-      tensor<float, 2> y({m, n});
-      matmul(y.view(), x.cview(), w);
-      check_against_f64(y, x.cview(), w);
+  auto sides = [&]<class Arch>(Arch) {
+    CAPTURE(Arch::name());
+    const index_t m0 = moela::detail::gemm_pack_min_rows<Arch>;
+    for (index_t k : {odd_k<F>(), long_k}) {
+      CAPTURE(k);
+      const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+      for (index_t m : {m0 - 1, m0, m0 + 1}) {
+        CAPTURE(m);
+        const auto x = random_matrix(rng, m, k);
+        tensor<float, 2> y({m, n});
+        matmul(cpu<Arch>{}, y.view(), x.cview(), w);
+        check_against_f64(y, x.cview(), w);
+      }
     }
-  }
+  };
+  sides(xsimd::default_arch{});
+#if XSIMD_WITH_FMA3_AVX2
+  if constexpr (!std::is_same_v<xsimd::default_arch, xsimd::fma3<xsimd::avx2>>) sides(xsimd::fma3<xsimd::avx2>{});
+#endif
 }
 
 TEST_CASE_TEMPLATE("matmul with bf16 activations", F, q::f32, q::bf16, q::fp8_block<128, 128>, q::int8_rowwise<>,

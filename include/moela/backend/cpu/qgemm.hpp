@@ -350,15 +350,7 @@ MOELA_ALWAYS_INLINE __m512 decode16(const qmatrix<F>& w, index_t n, index_t k, b
     }
   } else if constexpr (F::kind == format_kind::fp8_block) {
     const float s = scaled ? w.scale_data()[(n / F::block_rows) * w.scale_cols() + k / F::group] : 1.0f;
-    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
-    __m256i h;
-    if constexpr (std::is_same_v<Code, fp8_e5m2>) {
-      h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(c), 8);  // an E5M2 code is the high byte of an fp16
-    } else {  // as e4m3x8_to_fp16_bits, 16 lanes; NaN codes -> fp16 qNaN
-      h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(c), 7), _mm256_set1_epi16(static_cast<short>(0xBFFF)));
-      const __m256i m = _mm256_set1_epi16(0x3F80);
-      h = _mm256_or_si256(h, _mm256_and_si256(_mm256_cmpeq_epi16(_mm256_and_si256(h, m), m), _mm256_set1_epi16(0x7E00)));
-    }
+    const __m256i h = fp8x16_to_fp16_bits<Code>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k)));
     return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(s * fp8_fp16_rescale<Code>));
   } else if constexpr (F::kind == format_kind::int8_rowwise || F::kind == format_kind::int8_group) {
     const index_t g = F::group == 0 ? w.cols() : F::group;
@@ -383,6 +375,11 @@ MOELA_ALWAYS_INLINE __m512 decode16(const qmatrix<F>& w, index_t n, index_t k, b
 /// A k-major weight panel decoded straight from the codes: dst[(k - a) * NR + j] = W[n0 + j, k]
 /// for j < count (zeros for count <= j < NR) and k in [a, b), (b - a) and a multiples of 16.
 /// Per 16 x 16 block: 16 decodes into registers, 64 shuffles, 16 line stores; no fp32 row buffer.
+/// Roofline against the tile it feeds: per weight ~0.4-0.6 vector ops of pack (decode 1-10 ops
+/// per 16 weights, 4 shuffles, 1 store) against M / 16 FMAs of the 6 x 2 tile, so the pack is
+/// level with the tile near M = 8-10 and ~10% of it at M = 48 (measured: one thread, N = 1408,
+/// M = 48 runs at 0.75-0.96 of M = 512 across formats and runs, most 0.80-0.86;
+/// docs/performance.md, tenth pass).
 template <index_t NR, class F>
 void pack_panel_decoded(const qmatrix<F>& w, index_t n0, index_t count, index_t a, index_t b, float* dst, bool scaled) {
   static_assert(NR % 16 == 0);
@@ -538,13 +535,6 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
           for (index_t p = 0; p < npanels; ++p)
             for (index_t s0 = 0; s0 < len; s0 += sub) {
               const index_t a = k0 + s0, b = std::min(k0 + len, a + sub);
-              // The next sub-block's codes, while this one is decoded: the walk takes sub codes
-              // of NR rows in turn, a stride the hardware prefetcher does not follow (FP8 at
-              // M = 48 spent most of its decode waiting on these loads without it).
-              if (b < k0 + len)
-                prefetch_rows(w, n0 + p * NR, std::min(NR, nn - p * NR), b, std::min(k0 + len, b + sub));
-              else if (p + 1 < npanels)
-                prefetch_rows(w, n0 + (p + 1) * NR, std::min(NR, nn - (p + 1) * NR), k0, std::min(k0 + len, k0 + sub));
               float* dst = packed + p * kc * NR + s0 * NR;
 #ifdef MOELA_AVX512_PACK_DECODE
               if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch> && decode16_format<F> && NR % 16 == 0) {
@@ -554,6 +544,14 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
                 }
               }
 #endif
+              // The buffer path: the next piece's codes are prefetched while this one is decoded
+              // (the walk takes `sub` codes of NR rows in turn, a stride the hardware prefetcher
+              // does not follow; with the AVX2 decoders, one thread, M = 48-96: +0-8%). The
+              // fused path above gains nothing from it (same process, +-1%).
+              if (b < k0 + len)
+                prefetch_rows(w, n0 + p * NR, std::min(NR, nn - p * NR), b, std::min(k0 + len, b + sub));
+              else if (p + 1 < npanels)
+                prefetch_rows(w, n0 + (p + 1) * NR, std::min(NR, nn - (p + 1) * NR), k0, std::min(k0 + len, k0 + sub));
               const float* rows[NR];
               for (index_t j = 0; j < NR; ++j) {
                 const index_t c = p * NR + j;  // columns past N: zeros (their sums are not stored)
