@@ -137,6 +137,15 @@ MOELA_ALWAYS_INLINE __m512 a8_lane_scales(const S* s) {
   }
 }
 
+/// a8_lane_scales of a last partial chunk that holds `groups` whole groups (those from `s` on):
+/// the lanes of the groups past K, which are not there, get scale 0.
+template <index_t G, class S>
+MOELA_ALWAYS_INLINE __m512 a8_lane_scales_partial(const S* s, index_t groups) {
+  float part[128 / G] = {};
+  for (index_t g = 0; g < groups; ++g) part[g] = quant::detail::scale_to_float(s[g]);
+  return a8_lane_scales<G>(part);
+}
+
 /// y[m, n] for n in [n0, n1), int4_group weights; `xp`/`gsum` from a8_int4_prepare<128> (strides
 /// ldp and ldp / 32), `sx` the activation group scales (stride lds).
 ///
@@ -172,14 +181,8 @@ void gemv_a8_avx512_int4(const qmatrix<F>& w, const std::int8_t* xp, index_t ldp
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
         const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(src[r]), flip);
         const __m512i lo = _mm512_and_si512(v, mask), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-        __m512 sw;
-        if (!partial) {
-          sw = a8_lane_scales<G>(srow[r] + c / G);
-        } else {  // the groups past K are not there: scale 0
-          float part[128 / G] = {};
-          for (index_t g = 0; g < (K - c) / G; ++g) part[g] = quant::detail::scale_to_float(srow[r][c / G + g]);
-          sw = a8_lane_scales<G>(part);
-        }
+        const __m512 sw = partial ? a8_lane_scales_partial<G>(srow[r] + c / G, (K - c) / G)
+                                  : a8_lane_scales<G>(srow[r] + c / G);
         MOELA_UNROLL for (int m = 0; m < M; ++m) {
           const __m512i acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe[m]), hi, xo[m]);
           total[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(sw, sxv[m]), total[r][m]);

@@ -191,14 +191,8 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
                   _mm512_fmadd_ps(wv[v], _mm512_loadu_ps(xp + m * ldx + c + 16 * v), cacc[m][v & 1]);
             }
             const index_t g0 = c / F::group;
-            __m512 sv;
-            if (!partial) {
-              sv = a8_lane_scales<F::group>(srow[r] + g0);
-            } else {  // the groups past K are not there: zeros
-              float part[4] = {};
-              for (index_t g = g0; g < K / F::group; ++g) part[g - g0] = quant::detail::scale_to_float(srow[r][g]);
-              sv = a8_lane_scales<F::group>(part);
-            }
+            const __m512 sv = partial ? a8_lane_scales_partial<F::group>(srow[r] + g0, K / F::group - g0)
+                                      : a8_lane_scales<F::group>(srow[r] + g0);
             MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] =
                 _mm512_fmadd_ps(_mm512_add_ps(cacc[m][0], cacc[m][1]), sv, total[r][m]);
           }
