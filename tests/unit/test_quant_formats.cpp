@@ -194,6 +194,16 @@ TEST_CASE_TEMPLATE("share_storage: one buffer, the same values, copies outlive t
   }
 }
 
+TEST_CASE("share_storage: a null pointer is an error and no matrix moves") {
+  std::mt19937 rng(42);
+  auto a = qmatrix<q::int4_group<32>>::quantize(random_matrix(rng, 8, 64, 0.5f).cview());
+  const auto* before = a.row_codes(0);
+  std::vector<qmatrix<q::int4_group<32>>*> ptrs{&a, nullptr};
+  CHECK_THROWS_WITH_AS(qmatrix<q::int4_group<32>>::share_storage(ptrs),
+                       doctest::Contains("share_storage: a null matrix pointer"), moela::error);
+  CHECK(a.row_codes(0) == before);
+}
+
 TEST_CASE("group formats reject K not divisible by the group size") {
   std::mt19937 rng(4);
   const auto wf = random_matrix(rng, 4, 100, 1.f);

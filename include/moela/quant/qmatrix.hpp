@@ -164,13 +164,14 @@ class qmatrix {
   static void share_storage(std::span<qmatrix* const> ms) {
     auto part = [](std::size_t bytes) { return (bytes + storage_alignment - 1) / storage_alignment * storage_alignment; };
     std::size_t total = 0;
-    for (const qmatrix* m : ms)
-      if (m) total += part(m->code_bytes()) + part(m->scale_bytes()) + part(m->zero_bytes());
+    for (const qmatrix* m : ms) {  // (checked before any matrix moves)
+      check(m != nullptr, "qmatrix::share_storage: a null matrix pointer");
+      total += part(m->code_bytes()) + part(m->scale_bytes()) + part(m->zero_bytes());
+    }
     if (total == 0) return;
     auto bank = std::make_shared<tensor<std::uint8_t, 1>>(shape_t<1>{static_cast<index_t>(total)});
     std::uint8_t* at = bank->data();
     for (qmatrix* m : ms) {
-      check(m != nullptr, "qmatrix::share_storage: a null matrix pointer");
       auto* codes = reinterpret_cast<code_type*>(at);
       for (index_t r = 0; r < m->rows_; ++r)
         std::memcpy(codes + r * m->code_cols(), m->row_codes(r), sizeof(code_type) * static_cast<std::size_t>(m->code_cols()));
