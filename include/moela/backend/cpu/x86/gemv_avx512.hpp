@@ -119,11 +119,12 @@ MOELA_ALWAYS_INLINE void fast512_decode(const std::uint8_t* p, __m512 (&out)[fas
   }
 }
 
-/// Σ_g s_g (16 + z_g) gsum_g over a row's ng groups (z_g = 8 for symmetric codes): the offset the
-/// INT4 kernel takes off, 16 groups per step.
+/// Σ_g s_g (16 + z_g) gsum_g over a row's ng groups (z_g = 8 for symmetric codes), as 16 lane
+/// partial sums (the offset the INT4 kernel takes off, 16 groups per step) plus `rest`, the
+/// groups past the last multiple of 16.
 template <class F>
-MOELA_ALWAYS_INLINE float int4_offset_sum(const typename F::scale_type* s, const std::uint8_t* z, const float* gs,
-                                          index_t ng) {
+MOELA_ALWAYS_INLINE __m512 int4_offset_sum(const typename F::scale_type* s, const std::uint8_t* z, const float* gs,
+                                           index_t ng, float& rest) {
   __m512 acc = _mm512_setzero_ps();
   index_t g = 0;
   for (; g + 16 <= ng; g += 16) {
@@ -139,13 +140,20 @@ MOELA_ALWAYS_INLINE float int4_offset_sum(const typename F::scale_type* s, const
                           _mm512_set1_ps(16.0f));
     acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, off), _mm512_loadu_ps(gs + g), acc);
   }
-  float sum = hsum_ps_512<xsimd::avx512bw>(acc);
-  for (; g < ng; ++g) sum += quant::detail::scale_to_float(s[g]) * (16.0f + (F::has_zero ? float(z[g]) : 8.0f)) * gs[g];
-  return sum;
+  rest = 0;
+  for (; g < ng; ++g) rest += quant::detail::scale_to_float(s[g]) * (16.0f + (F::has_zero ? float(z[g]) : 8.0f)) * gs[g];
+  return acc;
 }
 
 /// y[m, n] for n in [n0, n1), m < M, fast mode, fast512_format<F>. `xp` rows (stride ldx) from
 /// fast512_prepare_x, `gsum` their INT4 group sums (rows of stride K / G).
+///
+/// R rows at a time share each activation load. Per R rows the K axis is walked in scale spans:
+/// an FP8 block's or INT8 group's columns (S = span / 64 chunks, unrolled, then one FMA with the
+/// span's scale), the whole row for INT8 row-wise (its scale applied once at the end), one chunk
+/// for INT4 (whose lane scales cover the chunk's groups). A last span shorter than that, or a
+/// last chunk shorter than 64 bytes, takes the per-chunk loop, the latter from a zero-padded
+/// copy (xp is zero past K too).
 template <class F, int M>
 void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const float* gsum, index_t n0, index_t n1,
                       float* y, index_t ldy) {
@@ -153,76 +161,81 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
   constexpr index_t C = fast512_chunk<F>, V = C / 16, P = F::packed4 ? 2 : 1;  // P: codes per byte
   constexpr int R = M <= 2 ? 2 : 1;  // rows per pass (M = 1: 4 measured no better than 2)
   constexpr bool e4m3 = std::is_same_v<typename F::code_type, fp8_e4m3>;
-  const index_t K = w.cols(), kfull = K / C * C;
-  // Scale span along K (a multiple of C, or the whole row); INT4 scales per lane, every chunk.
-  const index_t span = F::kind == quant::format_kind::int8_rowwise || F::packed4 ? K : F::group;
+  constexpr bool rowwise = F::kind == quant::format_kind::int8_rowwise;
+  // Chunks per scale span (INT4: the lane scales are applied every chunk; row-wise: at the end).
+  constexpr index_t S = F::packed4 || rowwise ? 1 : F::group / C;
+  constexpr index_t span = S * C;
+  const index_t K = w.cols(), kspans = rowwise ? K / C * C : K / span * span;
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
     const a8_rows<F, R> rw(w, n, rr);
     const std::uint8_t* rows[R];
     for (int r = 0; r < R; ++r) rows[r] = reinterpret_cast<const std::uint8_t*>(rw.codes[r]);
     const auto& srow = rw.scales;
-    __m512 total[R][M];
+    __m512 total[R][M], acc[R][M][2];  // acc: two chains per output, the current span's sums
     __m512i nan[R];
     MOELA_UNROLL for (int r = 0; r < R; ++r) {
       nan[r] = _mm512_setzero_si512();
-      MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = _mm512_setzero_ps();
+      MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = acc[r][m][0] = acc[r][m][1] = _mm512_setzero_ps();
     }
-    for (index_t s0 = 0; s0 < K; s0 += span) {
-      const index_t s1 = std::min(K, s0 + span);
-      __m512 acc[R][M][2];  // two chains per output
-      MOELA_UNROLL for (int r = 0; r < R; ++r) MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m][0] = acc[r][m][1] =
-          _mm512_setzero_ps();
-      // One chunk at code c of every row, from src[r]: decode, FMA, and (INT4) the lane scales;
-      // `partial`: the last chunk, shorter than C (a constant at each call).
-      auto chunk = [&](index_t c, const std::uint8_t* const (&src)[R], bool partial) MOELA_ALWAYS_INLINE_LAMBDA {
-        MOELA_UNROLL for (int r = 0; r < R; ++r) {
-          __m512 wv[V];
-          fast512_decode<F>(src[r], wv, nan[r]);
-          if constexpr (!F::packed4) {
-            MOELA_UNROLL for (int m = 0; m < M; ++m) MOELA_UNROLL for (int v = 0; v < V; ++v) acc[r][m][v & 1] =
-                _mm512_fmadd_ps(wv[v], _mm512_loadu_ps(xp + m * ldx + c + 16 * v), acc[r][m][v & 1]);
-          } else {  // lane i covers codes 8i .. 8i + 7: one group
-            __m512 cacc[M][2];
-            MOELA_UNROLL for (int m = 0; m < M; ++m) {
-              cacc[m][0] = _mm512_mul_ps(wv[0], _mm512_loadu_ps(xp + m * ldx + c));
-              cacc[m][1] = _mm512_mul_ps(wv[1], _mm512_loadu_ps(xp + m * ldx + c + 16));
-              MOELA_UNROLL for (int v = 2; v < V; ++v) cacc[m][v & 1] =
-                  _mm512_fmadd_ps(wv[v], _mm512_loadu_ps(xp + m * ldx + c + 16 * v), cacc[m][v & 1]);
-            }
-            const index_t g0 = c / F::group;
-            const __m512 sv = partial ? a8_lane_scales_partial<F::group>(srow[r] + g0, K / F::group - g0)
-                                      : a8_lane_scales<F::group>(srow[r] + g0);
-            MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] =
-                _mm512_fmadd_ps(_mm512_add_ps(cacc[m][0], cacc[m][1]), sv, total[r][m]);
-          }
+    // Decodes chunk c of every row (row r's bytes at src[r]) and adds its products to acc.
+    auto chunk = [&](index_t c, const std::uint8_t* const (&src)[R]) MOELA_ALWAYS_INLINE_LAMBDA {
+      MOELA_UNROLL for (int r = 0; r < R; ++r) {
+        __m512 wv[V];
+        fast512_decode<F>(src[r], wv, nan[r]);
+        MOELA_UNROLL for (int m = 0; m < M; ++m) MOELA_UNROLL for (int v = 0; v < V; ++v) acc[r][m][v & 1] =
+            _mm512_fmadd_ps(wv[v], _mm512_loadu_ps(xp + m * ldx + c + 16 * v), acc[r][m][v & 1]);
+      }
+    };
+    // Folds the span that ends at chunk c (INT4: chunk c) into total and clears acc.
+    auto close_span = [&](index_t c, bool partial) MOELA_ALWAYS_INLINE_LAMBDA {
+      MOELA_UNROLL for (int r = 0; r < R; ++r) {
+        __m512 sv;
+        if constexpr (F::packed4) {  // lane i covers codes 8i .. 8i + 7: one group
+          const index_t g0 = c / F::group;
+          sv = partial ? a8_lane_scales_partial<F::group>(srow[r] + g0, K / F::group - g0)
+                       : a8_lane_scales<F::group>(srow[r] + g0);
+        } else {  // FP8: the row's block row of scales; INT8: the row's group scales
+          sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][c / F::group]) * load8_rescale<F>);
         }
-      };
-      const index_t cfull = std::min(s1, kfull);
-      for (index_t c = s0; c < cfull; c += C) {
+        MOELA_UNROLL for (int m = 0; m < M; ++m) {
+          total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]), sv, total[r][m]);
+          acc[r][m][0] = acc[r][m][1] = _mm512_setzero_ps();
+        }
+      }
+    };
+    for (index_t c = 0; c < kspans; c += span) {
+      MOELA_UNROLL for (index_t q = 0; q < S; ++q) {
         const std::uint8_t* src[R];
         MOELA_UNROLL for (int r = 0; r < R; ++r) {
-          src[r] = rows[r] + c / P;
+          src[r] = rows[r] + (c + q * C) / P;
           prefetch_ahead<gemv_fast_prefetch_bytes, _MM_HINT_T1>(src[r]);
         }
-        chunk(c, src, false);
+        chunk(c + q * C, src);
       }
-      if (cfull < s1) {  // a last partial chunk, decoded from zero-padded copies (xp is zero there too)
-        alignas(64) std::uint8_t tail[R][64] = {};
+      if constexpr (!rowwise) close_span(c, false);
+    }
+    if (kspans < K) {  // a last span of fewer chunks, the last maybe partial
+      for (index_t c = kspans; c < K; c += C) {
         const std::uint8_t* src[R];
+        alignas(64) std::uint8_t tail[R][64];
         for (int r = 0; r < R; ++r) {
-          std::memcpy(tail[r], rows[r] + cfull / P, static_cast<std::size_t>((K - cfull) / P));
-          src[r] = tail[r];
+          src[r] = rows[r] + c / P;
+          if (c + C > K) {
+            std::memset(tail[r], 0, 64);
+            std::memcpy(tail[r], src[r], static_cast<std::size_t>((K - c) / P));
+            src[r] = tail[r];
+          }
         }
-        chunk(cfull, src, true);
+        chunk(c, src);
+        if constexpr (F::packed4) close_span(c, c + C > K);
       }
-      if constexpr (!F::packed4) {
-        MOELA_UNROLL for (int r = 0; r < R; ++r) {
-          // FP8: the row's block row of scales; INT8: the row's scales (group s0 / span).
-          const __m512 sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][s0 / span]) * load8_rescale<F>);
-          MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] =
-              _mm512_fmadd_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]), sv, total[r][m]);
-        }
+      if constexpr (!F::packed4 && !rowwise) close_span(kspans, false);
+    }
+    if constexpr (rowwise) {
+      MOELA_UNROLL for (int r = 0; r < R; ++r) {
+        const __m512 sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][0]));
+        MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = _mm512_mul_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]), sv);
       }
     }
     for (int r = 0; r < rr; ++r) {
@@ -233,12 +246,16 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
       if constexpr (e4m3)
         row_nan = _mm512_cmpeq_epi8_mask(nan[r], _mm512_set1_epi8(0x7F)) != 0;
       for (int m = 0; m < M; ++m) {
-        float sum = hsum_ps_512<xsimd::avx512bw>(total[r][m]);
+        float sum;
         if constexpr (F::packed4) {
-          // Σ_g s_g (u - z) x = 16 Σ_g s_g Σ (1 + u/16) x - Σ_g s_g (16 + z_g) gsum_g.
+          // Σ_g s_g (u - z) x = 16 Σ_g s_g Σ (1 + u/16) x - Σ_g s_g (16 + z_g) gsum_g: one
+          // horizontal sum of both.
           const index_t ng = K / F::group;
-          const float corr = int4_offset_sum<F>(srow[r], rw.zeros[r], gsum + m * ng, ng);
-          sum = 16.0f * sum - corr;
+          float rest;
+          const __m512 off = int4_offset_sum<F>(srow[r], rw.zeros[r], gsum + m * ng, ng, rest);
+          sum = hsum_ps_512<xsimd::avx512bw>(_mm512_fmsub_ps(total[r][m], _mm512_set1_ps(16.0f), off)) - rest;
+        } else {
+          sum = hsum_ps_512<xsimd::avx512bw>(total[r][m]);
         }
         y[m * ldy + nr] = row_nan ? std::numeric_limits<float>::quiet_NaN() : sum;
       }
