@@ -33,6 +33,7 @@
 
 #include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/cpu/prefetch.hpp"
 #include "moela/backend/cpu/x86/avx512_panel.hpp"
 #include "moela/backend/cpu/x86/gemm_a8_avx512.hpp"
 #include "moela/backend/cpu/x86/gemv_a8_avx2.hpp"
@@ -495,6 +496,7 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
     // (exactly once per call) and packed into panels of NR columns (kc x NR, k-major), which the
     // register tile sweeps for every gemm_mr rows of x. Per thread: a packed block of kc x nc
     // floats (192 KiB, L2), the decoded rows of one panel (32 KiB) and a panel of x (12 KiB, L1).
+    // The codes of the next pack are prefetched into L2 during the tiles of the current one.
     // Both packings transpose in registers (pack_panel, pack_x_panel): with strided scalar
     // stores they cost ~10% of a call at N = 128 (an MoE weight chunk) and ~5% at N = 2048.
     constexpr index_t NR = gemm_nr<Arch>;
@@ -559,10 +561,20 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
               }
               pack_panel<Arch, NR>(rows, b - a, dst);
             }
+          // What the next pack reads (the next K block of these rows, else the first of the
+          // next block of rows), prefetched into L2 over this block's tiles (prefetch.hpp).
+          row_prefetcher<F> ahead;
+          if (k0 + kc < K)
+            ahead = row_prefetcher<F>(w, n0, n0 + nn, k0 + kc, std::min(K, k0 + 2 * kc));
+          else if (qb + block_panels < q1)
+            ahead = row_prefetcher<F>(w, n0 + block_panels * NR, std::min(N, std::min(q1, qb + 2 * block_panels) * NR), 0,
+                                      std::min(K, kc));
+          const index_t per_tile = (ahead.lines() + mpanels * npanels - 1) / (mpanels * npanels);
           for (index_t m0 = 0; m0 < M; m0 += gemm_mr) {
             const index_t mr = std::min<index_t>(gemm_mr, M - m0);
             const float* ap = xpack + m0 * K + k0 * gemm_mr;
             for (index_t p = 0; p < npanels; ++p) {
+              ahead.step(per_tile);
               gemm_tile<Arch>(len, ap, packed + p * kc * NR, tile);
               add_tile(tile, NR, m0, mr, n0 + p * NR, std::min(NR, nn - p * NR), k0);
             }
