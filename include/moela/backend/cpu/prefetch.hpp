@@ -1,7 +1,7 @@
 #pragma once
 /// \file moela/backend/cpu/prefetch.hpp
 /// Software prefetch of the weight rows a GEMM worker packs next (internal; used by the packed
-/// GEMMs of moela/backend/cpu/qgemm.hpp and moela/backend/cpu/x86/gemm_a8_avx512.hpp).
+/// GEMMs of moela/backend/cpu/qgemm.hpp, x86/gemm_a8_avx512.hpp and x86/gemm_bf16_avx512.hpp).
 ///
 /// A packed GEMM reads its weights a panel at a time: 16-192 rows side by side, each row a
 /// stream of its own. That is more streams than the hardware prefetchers follow, so without help

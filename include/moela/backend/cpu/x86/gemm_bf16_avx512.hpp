@@ -44,6 +44,7 @@
 
 #include "moela/backend/cpu/convert.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
+#include "moela/backend/cpu/prefetch.hpp"
 #include "moela/backend/cpu/x86/avx512_qdot.hpp"
 #include "moela/backend/cpu/x86/avx512_panel.hpp"
 #include "moela/core/tensor.hpp"
@@ -208,7 +209,16 @@ bool gemm_bf16_dp(float* y, index_t ldy, const moela::bf16* xb, index_t ldx, ind
         if (nv1 > 0) bf16_pack_panel(w, n0 + bf16_panel, nv1, k0, len, buf.codes[1], buf.scales[1], buf.row, ldrow);
         const moela::bf16* xk = xb + k0;
         const bool add = k0 > 0;
+        // What the next pack reads (the next K block of this pair, else the first of the next
+        // pair), prefetched into L2 over this pack's row tiles (prefetch.hpp).
+        row_prefetcher<F> ahead;
+        if (k0 + kb < K)
+          ahead = row_prefetcher<F>(w, n0, n0 + nv0 + nv1, k0 + kb, std::min(K, k0 + 2 * kb));
+        else if (pr + 1 < pb)
+          ahead = row_prefetcher<F>(w, n0 + 2 * bf16_panel, std::min(N, n0 + 4 * bf16_panel), 0, std::min(K, kb));
+        const index_t tiles = (M + bf16_tile_rows - 1) / bf16_tile_rows, per_tile = (ahead.lines() + tiles - 1) / tiles;
         auto rows = [&]<int MR>(std::integral_constant<int, MR>, index_t m) {
+          ahead.step(per_tile);
           if (nv1 > 0)
             bf16_tile<MR, 2, span>({buf.codes[0], buf.codes[1]}, {buf.scales[0], buf.scales[1]}, xk + m * ldx, ldx, lines, y + m * ldy + n0, ldy, {m0, m1}, add, ob);
           else
