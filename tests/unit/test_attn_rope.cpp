@@ -44,7 +44,9 @@ TEST_CASE("yarn: V3 correction range and the spec's test vectors") {
   const std::pair<int, double> table[] = {{0, 1.0},           {1, 0.749894202},      {10, 0.0562341288},
                                           {11, 0.0390069255}, {16, 0.00549999988},   {22, 0.000177827943},
                                           {23, 3.33380362e-05}, {31, 3.33380376e-06}};
-  for (auto [i, v] : table) {
+  for (const auto& row : table) {
+    const int i = row.first;  // a plain variable: CAPTURE's lambda cannot take a structured binding in Clang 14
+    const double v = row.second;
     CAPTURE(i);
     CHECK(std::fabs(f[static_cast<std::size_t>(i)] - v) <= 0x1p-22 * v);
   }

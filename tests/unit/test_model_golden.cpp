@@ -129,7 +129,9 @@ void check_checkpoint(const std::string& which, attn::mla_mode mode, bounds b = 
 
   // Per-layer intermediates (the expected file holds layers 0 and 1 and final_hidden).
   double worst = 0;
-  for (const auto& [name, e] : exp.tensors()) {
+  for (const auto& entry : exp.tensors()) {
+    const std::string& name = entry.first;  // not a structured binding: CAPTURE below (Clang 14)
+    const auto& e = entry.second;
     if (e.shape.size() != 2 || e.shape[0] != T || e.type != io::dtype::f32) continue;
     if (!got.count(name)) continue;
     CAPTURE(name);
@@ -144,7 +146,9 @@ void check_checkpoint(const std::string& which, attn::mla_mode mode, bounds b = 
   (void)D;
 
   // Expert sets at every position of every MoE layer (order is only informative).
-  for (auto& [layer, sets] : experts) {
+  for (auto& entry : experts) {
+    const auto layer = entry.first;  // not a structured binding: CAPTURE below (Clang 14)
+    auto& sets = entry.second;
     const auto want = exp.view<std::int64_t, 2>("layers." + std::to_string(layer) + ".gate.topk_idx");
     REQUIRE(static_cast<index_t>(sets.size()) == T);
     for (index_t t = 0; t < T; ++t) {

@@ -96,7 +96,9 @@ void check_layer1(const char* ckpt, bool borrow = false) {
       got[layer.routing().topk_idx(t, i)] = layer.routing().topk_weight(t, i);
     }
     REQUIRE(got.size() == want.size());
-    for (const auto& [e, w] : want) {
+    for (const auto& entry : want) {
+      const int e = entry.first;  // not a structured binding: CAPTURE's lambda (Clang 14)
+      const float w = entry.second;
       CAPTURE(e);
       REQUIRE(got.count(e) == 1);
       CHECK(std::abs(got[e] - w) <= 1e-5);

@@ -27,7 +27,7 @@ class row_prefetcher {
  public:
   row_prefetcher() = default;
   row_prefetcher(const qmatrix<F>& w, index_t n0, index_t n1, index_t a, index_t b)
-      : w_(&w), n0_(n0), a_(a), b_(b) {
+      : w_(&w), n0_(n0), a_(a) {
     if (n1 <= n0 || b <= a) return;
     // +1 line: a row need not start on a line boundary.
     code_lines_ = (at(b) - at(a) + 63) / 64 + 1;
@@ -72,7 +72,7 @@ class row_prefetcher {
   }
 
   const qmatrix<F>* w_ = nullptr;
-  index_t n0_ = 0, a_ = 0, b_ = 0;
+  index_t n0_ = 0, a_ = 0;
   index_t code_lines_ = 0, scale_lines_ = 0, zero_lines_ = 0, per_row_ = 1, lines_ = 0, next_ = 0;
 };
 

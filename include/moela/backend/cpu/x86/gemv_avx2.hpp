@@ -122,9 +122,12 @@ MOELA_ALWAYS_INLINE void x16(const float* x, __m256& a, __m256& b) {
 template <std::size_t Bytes, int Hint>
 MOELA_ALWAYS_INLINE void prefetch_ahead(const void* p) {
   // An address, not a pointer into the array: past a matrix's end it points at nothing (a
-  // prefetch never faults), and integer arithmetic keeps that well defined.
+  // prefetch never faults), and integer arithmetic keeps that well defined. The builtin rather
+  // than _mm_prefetch, whose hint is an enum in GCC and an int macro argument in Clang; the
+  // _MM_HINT_T0/T1/T2/NTA values are the builtin's localities 3/2/1/0 in both.
+  static_assert(Hint >= 0 && Hint <= 3, "prefetch_ahead: a read hint, _MM_HINT_T0 .. _MM_HINT_NTA");
   if constexpr (Bytes > 0)
-    _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + Bytes), static_cast<_mm_hint>(Hint));
+    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + Bytes), 0, Hint);
 }
 
 /// The fast-mode kernels below prefetch each row stream 16 KiB ahead into L2, the distance and

@@ -187,20 +187,23 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
             _mm512_fmadd_ps(wv[v], _mm512_loadu_ps(xp + m * ldx + c + 16 * v), acc[r][m][v & 1]);
       }
     };
-    // Folds the span that ends at chunk c (INT4: chunk c) into total and clears acc.
-    auto close_span = [&](index_t c, bool partial) MOELA_ALWAYS_INLINE_LAMBDA {
-      MOELA_UNROLL for (int r = 0; r < R; ++r) {
-        __m512 sv;
-        if constexpr (F::packed4) {  // lane i covers codes 8i .. 8i + 7: one group
-          const index_t g0 = c / F::group;
-          sv = partial ? a8_lane_scales_partial<F::group>(srow[r] + g0, K / F::group - g0)
-                       : a8_lane_scales<F::group>(srow[r] + g0);
-        } else {  // FP8: the row's block row of scales; INT8: the row's group scales
-          sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][c / F::group]) * load8_rescale<F>);
-        }
-        MOELA_UNROLL for (int m = 0; m < M; ++m) {
-          total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]), sv, total[r][m]);
-          acc[r][m][0] = acc[r][m][1] = _mm512_setzero_ps();
+    // Folds the span that starts at chunk c (INT4: chunk c) into total and clears acc (row-wise
+    // INT8 has no spans: its scale is applied after the last chunk).
+    auto close_span = [&]([[maybe_unused]] index_t c, [[maybe_unused]] bool partial) MOELA_ALWAYS_INLINE_LAMBDA {
+      if constexpr (!rowwise) {
+        MOELA_UNROLL for (int r = 0; r < R; ++r) {
+          __m512 sv;
+          if constexpr (F::packed4) {  // lane i covers codes 8i .. 8i + 7: one group
+            const index_t g0 = c / F::group;
+            sv = partial ? a8_lane_scales_partial<F::group>(srow[r] + g0, K / F::group - g0)
+                         : a8_lane_scales<F::group>(srow[r] + g0);
+          } else {  // FP8: the row's block row of scales; INT8: the row's group scales
+            sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][c / F::group]) * load8_rescale<F>);
+          }
+          MOELA_UNROLL for (int m = 0; m < M; ++m) {
+            total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]), sv, total[r][m]);
+            acc[r][m][0] = acc[r][m][1] = _mm512_setzero_ps();
+          }
         }
       }
     };

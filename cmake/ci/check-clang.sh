@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Clang check: every test and example translation unit (except the CUDA ones) through Clang's
+# front end with the project's warning flags, -fsyntax-only: the library is header-only, so
+# this instantiates its templates as the GCC build does and catches what only Clang rejects
+# (GCC-only intrinsic types, dead-code diagnostics GCC does not give) at ~1/10 of a build.
+# AVX-512 VNNI + BF16 flags so that every kernel header is compiled; nothing runs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CXX="${CLANGXX:-clang++}"
+"$CXX" --version | head -1
+flags=(-std=c++20 -fsyntax-only -Wall -Wextra -Werror -march=x86-64-v4 -mavx512vnni -mavx512bf16
+       -Iinclude -Itests -isystem /usr/include/eigen3
+       -DMOELA_SOURCE_DIR="\"$PWD\"" -DMOELA_TEST_DATA_DIR="\"$PWD/tests/data\""
+       -DMOELA_DEFAULT_MODEL_DIR="\"$PWD/examples/models/tiny-fortunes\"")
+files=$(ls tests/unit/*.cpp tests/quant_avx512/*.cpp examples/*.cpp examples/*/*.cpp | grep -v cuda)
+fail=0
+for f in $files; do echo "$f"; done | xargs -P "$(nproc)" -I{} sh -c '"$0" "$@" {} || { echo "FAILED: {}"; exit 255; }' "$CXX" "${flags[@]}" || fail=1
+if [ "$fail" != 0 ]; then echo "clang check FAILED"; exit 1; fi
+echo "clang check: $(echo "$files" | wc -l) translation units OK"
