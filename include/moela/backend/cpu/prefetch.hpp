@@ -1,7 +1,8 @@
 #pragma once
 /// \file moela/backend/cpu/prefetch.hpp
 /// Software prefetch of the weight rows a GEMM worker packs next (internal; used by the packed
-/// GEMMs of moela/backend/cpu/qgemm.hpp, x86/gemm_a8_avx512.hpp and x86/gemm_bf16_avx512.hpp).
+/// GEMMs of moela/backend/cpu/qgemm.hpp, x86/gemm_a8_avx512.hpp and x86/gemm_bf16_avx512.hpp,
+/// and by the buffer path of the first for the next decode piece, into L1).
 ///
 /// A packed GEMM reads its weights a panel at a time: 16-192 rows side by side, each row a
 /// stream of its own. That is more streams than the hardware prefetchers follow, so without help
@@ -21,12 +22,14 @@ namespace moela::detail {
 
 /// The 64-byte lines of columns [a, b) of weight rows [n0, n1): per row its codes, then (formats
 /// with per-row group scales: int8_group, int4_group) its scales and zero points of those
-/// columns; `step(count)` prefetches the next `count` of them into L2. Default-constructed: none.
-template <class F>
+/// columns. `step()` prefetches the next 1/`steps` of them (all of them for steps = 1) with
+/// `__builtin_prefetch` locality `Locality` (2: L2, prefetcht1 on x86; 3: L1). Default-
+/// constructed: no lines.
+template <class F, int Locality = 2>
 class row_prefetcher {
  public:
   row_prefetcher() = default;
-  row_prefetcher(const qmatrix<F>& w, index_t n0, index_t n1, index_t a, index_t b)
+  row_prefetcher(const qmatrix<F>& w, index_t n0, index_t n1, index_t a, index_t b, index_t steps = 1)
       : w_(&w), n0_(n0), a_(a) {
     if (n1 <= n0 || b <= a) return;
     // +1 line: a row need not start on a line boundary.
@@ -37,12 +40,11 @@ class row_prefetcher {
     }
     per_row_ = code_lines_ + scale_lines_ + zero_lines_;
     lines_ = (n1 - n0) * per_row_;
+    per_step_ = (lines_ + std::max<index_t>(steps, 1) - 1) / std::max<index_t>(steps, 1);
   }
-  /// All the lines.
-  index_t lines() const { return lines_; }
-  /// Prefetches the next `count` lines (fewer at the end).
-  void step(index_t count) {
-    for (const index_t end = std::min(lines_, next_ + count); next_ < end; ++next_) {
+  /// Prefetches the next lines (fewer at the end, none after it).
+  void step() {
+    for (const index_t end = std::min(lines_, next_ + per_step_); next_ < end; ++next_) {
       const index_t n = n0_ + next_ / per_row_, j = next_ % per_row_;
       // Addresses as integers: the slack lines may lie past the matrix (a prefetch never faults).
       std::uintptr_t p;
@@ -54,7 +56,7 @@ class row_prefetcher {
       else
         p = address(w_->zero_data() + n * w_->scale_cols() + a_ / group_or_1()) +
             static_cast<std::uintptr_t>(64 * (j - code_lines_ - scale_lines_));
-      __builtin_prefetch(reinterpret_cast<const void*>(p), 0, 2);  // into L2 (prefetcht1 on x86)
+      __builtin_prefetch(reinterpret_cast<const void*>(p), 0, Locality);
     }
   }
 
@@ -73,7 +75,7 @@ class row_prefetcher {
 
   const qmatrix<F>* w_ = nullptr;
   index_t n0_ = 0, a_ = 0;
-  index_t code_lines_ = 0, scale_lines_ = 0, zero_lines_ = 0, per_row_ = 1, lines_ = 0, next_ = 0;
+  index_t code_lines_ = 0, scale_lines_ = 0, zero_lines_ = 0, per_row_ = 1, lines_ = 0, per_step_ = 0, next_ = 0;
 };
 
 }  // namespace moela::detail

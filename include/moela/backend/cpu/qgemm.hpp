@@ -394,18 +394,6 @@ void pack_panel_decoded(const qmatrix<F>& w, index_t n0, index_t count, index_t 
 }
 #endif
 
-/// Prefetches (into L1) the codes of columns [a, b) of `count` rows of `w` from row n0 on.
-template <class F>
-MOELA_ALWAYS_INLINE void prefetch_rows(const qmatrix<F>& w, index_t n0, index_t count, index_t a, index_t b) {
-  constexpr index_t line = 64;
-  const auto at = [](index_t k) { return F::packed4 ? k / 2 : k * static_cast<index_t>(sizeof(typename F::code_type)); };
-  const index_t o0 = at(a) / line * line, o1 = at(b);
-  for (index_t r = 0; r < count; ++r) {
-    const char* row = reinterpret_cast<const char*>(w.row_codes(n0 + r));
-    for (index_t o = o0; o < o1; o += line) __builtin_prefetch(row + o, 0, 3);
-  }
-}
-
 /// A per-thread scratch buffer, grown once (never inside a kernel's loops) and reused.
 inline float* scratch_floats(std::size_t n) {
   thread_local std::vector<float> buf;
@@ -551,9 +539,9 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
               // does not follow; with the AVX2 decoders, one thread, M = 48-96: +0-8%). The
               // fused path above gains nothing from it (same process, +-1%).
               if (b < k0 + len)
-                prefetch_rows(w, n0 + p * NR, std::min(NR, nn - p * NR), b, std::min(k0 + len, b + sub));
+                row_prefetcher<F, 3>(w, n0 + p * NR, n0 + std::min((p + 1) * NR, nn), b, std::min(k0 + len, b + sub)).step();
               else if (p + 1 < npanels)
-                prefetch_rows(w, n0 + (p + 1) * NR, std::min(NR, nn - (p + 1) * NR), k0, std::min(k0 + len, k0 + sub));
+                row_prefetcher<F, 3>(w, n0 + (p + 1) * NR, n0 + std::min((p + 2) * NR, nn), k0, std::min(k0 + len, k0 + sub)).step();
               const float* rows[NR];
               for (index_t j = 0; j < NR; ++j) {
                 const index_t c = p * NR + j;  // columns past N: zeros (their sums are not stored)
@@ -565,16 +553,15 @@ void qgemm(float* y, index_t ldy, const float* x, index_t ldx, index_t M, const 
           // next block of rows), prefetched into L2 over this block's tiles (prefetch.hpp).
           row_prefetcher<F> ahead;
           if (k0 + kc < K)
-            ahead = row_prefetcher<F>(w, n0, n0 + nn, k0 + kc, std::min(K, k0 + 2 * kc));
+            ahead = row_prefetcher<F>(w, n0, n0 + nn, k0 + kc, std::min(K, k0 + 2 * kc), mpanels * npanels);
           else if (qb + block_panels < q1)
             ahead = row_prefetcher<F>(w, n0 + block_panels * NR, std::min(N, std::min(q1, qb + 2 * block_panels) * NR), 0,
-                                      std::min(K, kc));
-          const index_t per_tile = (ahead.lines() + mpanels * npanels - 1) / (mpanels * npanels);
+                                      std::min(K, kc), mpanels * npanels);
           for (index_t m0 = 0; m0 < M; m0 += gemm_mr) {
             const index_t mr = std::min<index_t>(gemm_mr, M - m0);
             const float* ap = xpack + m0 * K + k0 * gemm_mr;
             for (index_t p = 0; p < npanels; ++p) {
-              ahead.step(per_tile);
+              ahead.step();
               gemm_tile<Arch>(len, ap, packed + p * kc * NR, tile);
               add_tile(tile, NR, m0, mr, n0 + p * NR, std::min(NR, nn - p * NR), k0);
             }

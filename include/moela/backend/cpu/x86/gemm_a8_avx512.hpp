@@ -242,10 +242,9 @@ bool gemm_a8_vnni(float* y, index_t ldy, const std::int8_t* xq, const float* sx,
       if (nv1 > 0) a8_pack_panel(w, n0 + a8_panel, nv1, spans, quads, buf.codes[1], buf.scales[1], buf.row);
       // The next pair's rows (prefetch.hpp), spread over this pair's row tiles.
       const index_t nn0 = std::min(N, n0 + 2 * a8_panel), tiles = (M + a8_tile_rows - 1) / a8_tile_rows;
-      row_prefetcher<F> ahead(w, nn0, pr + 1 < pb ? std::min(N, nn0 + 2 * a8_panel) : nn0, 0, K);
-      const index_t per_tile = (ahead.lines() + tiles - 1) / tiles;
+      row_prefetcher<F> ahead(w, nn0, pr + 1 < pb ? std::min(N, nn0 + 2 * a8_panel) : nn0, 0, K, tiles);
       auto rows = [&]<int MR>(std::integral_constant<int, MR>, index_t m) {
-        ahead.step(per_tile);
+        ahead.step();
         if (nv1 > 0)
           a8_tile<MR, 2>({buf.codes[0], buf.codes[1]}, {buf.scales[0], buf.scales[1]}, xp + m * ldx, ldx, init + m * S, S, sx + m * lds, lds, spans,
                          y + m * ldy + n0, ldy, {m0, m1});

@@ -211,14 +211,14 @@ bool gemm_bf16_dp(float* y, index_t ldy, const moela::bf16* xb, index_t ldx, ind
         const bool add = k0 > 0;
         // What the next pack reads (the next K block of this pair, else the first of the next
         // pair), prefetched into L2 over this pack's row tiles (prefetch.hpp).
+        const index_t tiles = (M + bf16_tile_rows - 1) / bf16_tile_rows;
         row_prefetcher<F> ahead;
         if (k0 + kb < K)
-          ahead = row_prefetcher<F>(w, n0, n0 + nv0 + nv1, k0 + kb, std::min(K, k0 + 2 * kb));
+          ahead = row_prefetcher<F>(w, n0, n0 + nv0 + nv1, k0 + kb, std::min(K, k0 + 2 * kb), tiles);
         else if (pr + 1 < pb)
-          ahead = row_prefetcher<F>(w, n0 + 2 * bf16_panel, std::min(N, n0 + 4 * bf16_panel), 0, std::min(K, kb));
-        const index_t tiles = (M + bf16_tile_rows - 1) / bf16_tile_rows, per_tile = (ahead.lines() + tiles - 1) / tiles;
+          ahead = row_prefetcher<F>(w, n0 + 2 * bf16_panel, std::min(N, n0 + 4 * bf16_panel), 0, std::min(K, kb), tiles);
         auto rows = [&]<int MR>(std::integral_constant<int, MR>, index_t m) {
-          ahead.step(per_tile);
+          ahead.step();
           if (nv1 > 0)
             bf16_tile<MR, 2, span>({buf.codes[0], buf.codes[1]}, {buf.scales[0], buf.scales[1]}, xk + m * ldx, ldx, lines, y + m * ldy + n0, ldy, {m0, m1}, add, ob);
           else
