@@ -216,7 +216,7 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
         }
         chunk(c + q * C, src);
       }
-      if constexpr (!rowwise) close_span(c, false);
+      close_span(c, false);
     }
     if (kspans < K) {  // a last span of fewer chunks, the last maybe partial
       for (index_t c = kspans; c < K; c += C) {
@@ -233,7 +233,7 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
         chunk(c, src);
         if constexpr (F::packed4) close_span(c, c + C > K);
       }
-      if constexpr (!F::packed4 && !rowwise) close_span(kspans, false);
+      if constexpr (!F::packed4) close_span(kspans, false);
     }
     if constexpr (rowwise) {
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
