@@ -75,9 +75,11 @@ void gemv_a8_avx2_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx, 
   const index_t K = w.cols();
   const index_t wg = F::group == 0 ? K : F::group;
   const __m256i ones = _mm256_set1_epi16(1);
+  const param_prefetcher<F, _MM_HINT_T0> params(w, gemv_prefetch_bytes);
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
     const a8_rows<F, R> rw(w, n, rr);
+    params.rows(n, R);
     const auto& rows = rw.codes;
     const auto& srow = rw.scales;
     __m256 total[R][M];
@@ -230,9 +232,11 @@ void gemv_a8_avx2_int4(const qmatrix<F>& w, const std::int8_t* xp, index_t ldp, 
   const index_t K = w.cols(), kfull = K / 64 * 64, ngfull = kfull / G;
   const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   const __m256i flip = _mm256_set1_epi8(F::has_zero ? 0 : static_cast<char>(0x88));
+  const param_prefetcher<F, _MM_HINT_T0> params(w, gemv_prefetch_bytes);
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
     const a8_rows<F, R> rw(w, n, rr);
+    params.rows(n, R);
     const auto& rows = rw.codes;
     const auto& srow = rw.scales;
     const auto& zrow = rw.zeros;

@@ -66,9 +66,11 @@ void gemv_a8_avx512_int8(const qmatrix<F>& w, const std::int8_t* xq, index_t ldx
   const index_t K = w.cols(), kfull = K / 64 * 64;
   const index_t wg = F::group == 0 ? K : F::group;
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  const param_prefetcher<F, Hint> params(w, Ahead);
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
     const a8_rows<F, R> rw(w, n, rr);
+    params.rows(n, R);
     const auto& rows = rw.codes;
     const auto& srow = rw.scales;
     __m512 total[R][M];
@@ -160,9 +162,11 @@ void gemv_a8_avx512_int4(const qmatrix<F>& w, const std::int8_t* xp, index_t ldp
   const index_t K = w.cols(), kfull = K / 128 * 128;
   const __m512i mask = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(F::has_zero ? 0 : static_cast<char>(0x88));
+  const param_prefetcher<F, Hint> params(w, Ahead);
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
     const a8_rows<F, R> rw(w, n, rr);
+    params.rows(n, R);
     const auto& rows = rw.codes;
     const auto& srow = rw.scales;
     const auto& zrow = rw.zeros;

@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "moela/backend/cpu/convert.hpp"
+#include "moela/backend/cpu/prefetch.hpp"
 #include "moela/quant/qmatrix.hpp"
 
 #ifdef MOELA_X86_AVX2_KERNELS
@@ -151,8 +152,10 @@ void gemv_avx2(const qmatrix<F>& w, const float* x, index_t ldx, index_t n0, ind
   // Scale span along K: one scale per `span` weights (dense and rowwise: the whole row).
   index_t span = K;
   if constexpr (F::kind == format_kind::fp8_block || F::kind == format_kind::int8_group) span = F::group;
+  const param_prefetcher<F, _MM_HINT_T1> params(w, gemv_fast_prefetch_bytes);
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
+    params.rows(n, R);
     const typename F::code_type* rows[R];
     for (int r = 0; r < R; ++r) rows[r] = w.row_codes(n + std::min(r, rr - 1));
     __m256 total[R][M];
@@ -266,8 +269,10 @@ void gemv_avx2_int4(const qmatrix<F>& w, const float* xp, index_t ldx, const flo
   const index_t K = w.cols(), ng = K / G, kfull = K / 64 * 64;
   const __m256i mask = _mm256_set1_epi32(0x0F0F0F0F);
   const __m256i flip = _mm256_set1_epi8(F::has_zero ? 0 : static_cast<char>(0x88));
+  const param_prefetcher<F, _MM_HINT_T1> params(w, gemv_fast_prefetch_bytes);
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
+    params.rows(n, R);
     const std::uint8_t* rows[R];
     const typename F::scale_type* srow[R];
     for (int r = 0; r < R; ++r) {

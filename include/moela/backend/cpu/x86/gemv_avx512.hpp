@@ -166,9 +166,11 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
   constexpr index_t S = F::packed4 || rowwise ? 1 : F::group / C;
   constexpr index_t span = S * C;
   const index_t K = w.cols(), kspans = rowwise ? K / C * C : K / span * span;
+  const param_prefetcher<F, _MM_HINT_T1> params(w, gemv_fast_prefetch_bytes);
   for (index_t n = n0; n < n1; n += R) {
     const int rr = static_cast<int>(std::min<index_t>(R, n1 - n));
     const a8_rows<F, R> rw(w, n, rr);
+    params.rows(n, R);
     const std::uint8_t* rows[R];
     for (int r = 0; r < R; ++r) rows[r] = reinterpret_cast<const std::uint8_t*>(rw.codes[r]);
     const auto& srow = rw.scales;
