@@ -196,6 +196,54 @@ TEST_CASE_TEMPLATE("matmul: a NaN weight code makes exactly its row's outputs Na
   }
 }
 
+TEST_CASE_TEMPLATE("matmul: every FP8 code is decoded exactly (one-hot activations)", F, q::fp8_block<128, 128>,
+                   q::fp8_block_e5m2<128, 128>) {
+  // Row j holds every code value across its columns (subnormals, both zeros, the largest); NaN
+  // and infinity codes are replaced by 0 (the NaN test above covers them). With x one-hot at
+  // column c, every path's y(i, j) is the single product code(j, c) * scale (all other terms are
+  // exact zeros), so each must equal the float product exactly: a code decoded wrong anywhere
+  // (vector body, 8-wide step, scalar tail, a later K block) shows. M = 1..4: the GEMV kernels;
+  // 17: the packed GEMM; and the same with bf16 activations (1 is exact in bf16).
+  const index_t n = 40, k = 301;
+  tensor<typename F::code_type, 2> codes({n, k});
+  for (index_t j = 0; j < n; ++j)
+    for (index_t c = 0; c < k; ++c) {
+      const auto code = F::code_type::from_bits(static_cast<std::uint8_t>((j * 37 + c * 11) & 0xFF));
+      codes(j, c) = std::isfinite(code.to_float()) ? code : F::code_type::from_bits(0);
+    }
+  const index_t sr = (n + 127) / 128, sc = (k + 127) / 128;
+  tensor<float, 2> scales({sr, sc});
+  for (index_t a = 0; a < sr; ++a)
+    for (index_t b = 0; b < sc; ++b) scales(a, b) = std::ldexp(1.0f + 0.375f * float(b), -3 - int(b));
+  const auto w = qmatrix<F>::borrow(codes.cview(), scales.cview());
+  int wrong = 0;  // outputs that differ (the first few are reported in detail)
+  for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{17}})
+    for (index_t c0 = 0; c0 < k; c0 += m) {
+      tensor<float, 2> x({m, k}), y({m, n}), yb({m, n});
+      tensor<moela::bf16, 2> xb({m, k});
+      std::fill(x.data(), x.data() + x.size(), 0.f);
+      for (index_t i = 0; i < m; ++i) x(i, (c0 + i) % k) = 1.f;
+      for (index_t i = 0; i < x.size(); ++i) xb.data()[i] = moela::bf16(x.data()[i]);
+      matmul(y.view(), x.cview(), w);
+      matmul(yb.view(), xb.cview(), w);
+      for (index_t i = 0; i < m; ++i) {
+        const index_t c = (c0 + i) % k;
+        for (index_t j = 0; j < n; ++j) {
+          const float want = codes(j, c).to_float() * scales(j / 128, c / 128);
+          if ((y(i, j) != want || yb(i, j) != want) && wrong++ < 4) {
+            CAPTURE(m);
+            CAPTURE(c);
+            CAPTURE(j);
+            CAPTURE(int(codes(j, c).bits));
+            CHECK(y(i, j) == want);
+            CHECK(yb(i, j) == want);
+          }
+        }
+      }
+    }
+  CHECK(wrong == 0);
+}
+
 TEST_CASE("faithful FP8 mode equals the float64 W8A8 reference (odd K and N, all M)") {
   using F = q::fp8_block<128, 128>;
   std::mt19937 rng(5);

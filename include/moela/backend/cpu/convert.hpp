@@ -73,6 +73,27 @@ struct fp8_table {
 template <class Code>
 inline constexpr fp8_table<Code> fp8_decode_table{};
 
+/// The bf16 bit patterns of an FP8 format's 128 non-negative codes, as the high and the low
+/// bytes (the tables of a two-source byte permute, `vpermt2b`, which reads 7 bits of each index
+/// byte: a code's sign is ORed in after the lookup). Exact: an FP8 value has at most 4
+/// significant bits and its exponent, subnormal codes included, lies in bf16's normal range;
+/// NaN and infinity codes give bf16 NaN and infinity.
+template <class Code>
+struct fp8_bf16_bytes {
+  alignas(64) std::array<std::uint8_t, 128> hi{};
+  alignas(64) std::array<std::uint8_t, 128> lo{};
+  constexpr fp8_bf16_bytes() {
+    for (int i = 0; i < 128; ++i) {
+      const auto b = static_cast<std::uint16_t>(
+          std::bit_cast<std::uint32_t>(Code::from_bits(static_cast<std::uint8_t>(i)).to_float()) >> 16);
+      hi[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(b >> 8);
+      lo[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(b & 0xFF);
+    }
+  }
+};
+template <class Code>
+inline constexpr fp8_bf16_bytes<Code> fp8_bf16_table{};
+
 #ifdef MOELA_X86_AVX2_KERNELS
 /// E4M3 codes (8, one per 16-bit lane after sign extension) -> the fp16 bit patterns of
 /// value * 2^-8: sign-extending the byte and shifting it left by 7 puts the sign in bit 15,

@@ -8,10 +8,16 @@
 /// of 16 weights, each multiplied with 16 activations that `fast512_prepare_x` laid out in the
 /// order the decoder produces them (so no decoder needs a shuffle); the scale of a span (an FP8
 /// block's columns, an INT8 group or row) multiplies the span's partial sums once. Per 64 bytes:
-/// - FP8 (64 codes): two unpacks against zero put each code in the high byte of a 16-bit lane,
-///   E4M3 then takes an arithmetic shift and a mask (the code becomes an fp16 bit pattern of
-///   value / 256), E5M2 is fp16 already; four `vcvtph2ps`; E4M3 NaN codes (which that pattern
-///   makes finite) are tracked by a running byte max. 11 ops + 4 FMA (the AVX2 kernel: 24 + 8).
+/// - FP8 (64 codes), with AVX512-VBMI: two table lookups (`vpermt2b` over the 128 bf16 patterns
+///   of the non-negative codes, `fp8_bf16_table`) give each code's bf16 high and low byte, one
+///   `vpternlogd` ORs the sign in, two unpacks interleave them into 16-bit words, and a shift or
+///   a mask moves each word to the top of a 32-bit lane: the fp32 value, exact for every code
+///   (subnormals, NaN and infinity included). 9 ops + 4 FMA. Without VBMI: two unpacks against
+///   zero put each code in the high byte of a 16-bit lane, E4M3 then takes an arithmetic shift
+///   and a mask (the code becomes an fp16 bit pattern of value / 256), E5M2 is fp16 already;
+///   four `vcvtph2ps`; E4M3 NaN codes (which that pattern makes finite) are tracked by a
+///   running byte max. 11 ops + 4 FMA (the AVX2 kernel: 24 + 8). In cache, one thread: E4M3
+///   23-25 cycles per 128 weights by table, 31-34 by fp16 (docs/performance.md, twelfth pass).
 /// - INT8 (64 codes): four sign-extending loads and converts. 8 ops + 4 FMA.
 /// - INT4 (128 codes): for each nibble s of the 32-bit lanes one shift and one `vpternlogd` turn
 ///   it into the float 1 + u/16 (u: the nibble, sign-flipped to c + 8 for symmetric codes, placed
@@ -45,6 +51,20 @@ namespace moela::detail {
 template <class F>
 inline constexpr index_t fast512_chunk = F::packed4 ? 128 : 64;
 
+/// FP8 decoded by table lookup (`vpermt2b`, AVX512-VBMI) straight to bf16 patterns, exact, NaN
+/// codes included; without VBMI through fp16 patterns and `vcvtph2ps` (E4M3 as value / 256,
+/// NaN codes tracked on the side).
+inline constexpr bool fast512_fp8_lut =
+#ifdef __AVX512VBMI__
+    true;
+#else
+    false;
+#endif
+
+/// The factor from a decoded FP8 weight to its code value (the fp16 route decodes E4M3 / 256).
+template <class F>
+inline constexpr float fast512_rescale = fast512_fp8_lut ? 1.0f : load8_rescale<F>;
+
 /// The formats and shapes these kernels take: FP8 blocks, INT8 and INT4 whose scale spans along
 /// K are whole chunks (FP8 block columns and INT8 groups multiples of 64; INT4 groups are 32,
 /// 64 or 128, so a chunk holds whole groups) or the whole row.
@@ -58,6 +78,12 @@ template <class F>
 constexpr index_t fast512_source(index_t j) {
   if constexpr (F::packed4) {  // vector s, lane i: nibble s of 32-bit lane i = code 8i + s
     return 8 * (j % 16) + j / 16;
+  } else if constexpr (F::kind == quant::format_kind::fp8_block && fast512_fp8_lut) {
+    // Vector v (0..3): the even (v even) or odd 16-bit words of the unpack-lo (v < 2) or
+    // unpack-hi result; its 32-bit lane e < 16 holds word 2 (e % 4) + v % 2 of 128-bit lane e / 4,
+    // i.e. byte 8 (v / 2) + 2 (e % 4) + v % 2 of that lane.
+    const index_t v = j / 16, e = j % 16;
+    return 16 * (e / 4) + 8 * (v / 2) + 2 * (e % 4) + v % 2;
   } else if constexpr (F::kind == quant::format_kind::fp8_block) {
     // Vector v (0..3) = the low / high 256 bits (v & 1) of the unpack-lo (v < 2) / unpack-hi
     // result; element e < 16 of it: 128-bit lane 2 (v & 1) + e / 8, byte 8 (v / 2) + e % 8.
@@ -87,11 +113,31 @@ void fast512_prepare_x(const float* x, index_t K, float* xp, float* gsum) {
 inline constexpr int ternlog_select_xor = 0x6A;
 
 /// Decodes the 64-byte chunk at p into V = fast512_chunk<F> / 16 vectors (lane order of
-/// fast512_source), unscaled: E4M3 gives value / 256, INT4 gives 1 + u / 16.
+/// fast512_source), unscaled: FP8 gives value / fast512_rescale, INT4 gives 1 + u / 16. `nan`:
+/// the fp16 route's running max of E4M3 code magnitudes (untouched otherwise).
 template <class F>
-MOELA_ALWAYS_INLINE void fast512_decode(const std::uint8_t* p, __m512 (&out)[fast512_chunk<F> / 16], __m512i& nan) {
+MOELA_ALWAYS_INLINE void fast512_decode(const std::uint8_t* p, __m512 (&out)[fast512_chunk<F> / 16],
+                                        [[maybe_unused]] __m512i& nan) {
   using C = typename F::code_type;
-  if constexpr (F::packed4) {
+  if constexpr (F::kind == quant::format_kind::fp8_block && fast512_fp8_lut) {
+#ifdef __AVX512VBMI__
+    // The bf16 pattern's high byte (sign ORed in) and low byte of each code, interleaved into
+    // 16-bit words by the unpacks; a word moved to the top of its 32-bit lane is the fp32 value.
+    const auto& t = fp8_bf16_table<C>;
+    const __m512i v = _mm512_loadu_si512(p);
+    const __m512i hi = _mm512_ternarylogic_epi32(
+        _mm512_permutex2var_epi8(_mm512_load_si512(t.hi.data()), v, _mm512_load_si512(t.hi.data() + 64)), v,
+        _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);  // a | (b & c)
+    const __m512i lo =
+        _mm512_permutex2var_epi8(_mm512_load_si512(t.lo.data()), v, _mm512_load_si512(t.lo.data() + 64));
+    const __m512i w0 = _mm512_unpacklo_epi8(lo, hi), w1 = _mm512_unpackhi_epi8(lo, hi);
+    const __m512i top = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+    out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
+    out[1] = _mm512_castsi512_ps(_mm512_and_si512(w0, top));
+    out[2] = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));
+    out[3] = _mm512_castsi512_ps(_mm512_and_si512(w1, top));
+#endif
+  } else if constexpr (F::packed4) {
     const __m512i v = _mm512_loadu_si512(p);
     const __m512i mask = _mm512_set1_epi32(0x00780000);  // mantissa bits 19..22
     // Symmetric codes: flip the nibble's sign bit (bit 22) to get u = c + 8.
@@ -200,7 +246,7 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
             sv = partial ? a8_lane_scales_partial<F::group>(srow[r] + g0, K / F::group - g0)
                          : a8_lane_scales<F::group>(srow[r] + g0);
           } else {  // FP8: the row's block row of scales; INT8: the row's group scales
-            sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][c / F::group]) * load8_rescale<F>);
+            sv = _mm512_set1_ps(quant::detail::scale_to_float(srow[r][c / F::group]) * fast512_rescale<F>);
           }
           MOELA_UNROLL for (int m = 0; m < M; ++m) {
             total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]), sv, total[r][m]);
@@ -245,10 +291,10 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
     }
     for (int r = 0; r < rr; ++r) {
       const index_t nr = n + r;
-      // A NaN weight makes its row's outputs NaN, as dequantize-then-multiply does (the decode
-      // above turns NaN codes into finite values).
+      // A NaN weight makes its row's outputs NaN, as dequantize-then-multiply does (the fp16
+      // route turns NaN codes into finite values; the table route decodes them to NaN).
       bool row_nan = false;
-      if constexpr (e4m3)
+      if constexpr (e4m3 && !fast512_fp8_lut)
         row_nan = _mm512_cmpeq_epi8_mask(nan[r], _mm512_set1_epi8(0x7F)) != 0;
       for (int m = 0; m < M; ++m) {
         float sum;
