@@ -94,6 +94,24 @@ struct fp8_bf16_bytes {
 template <class Code>
 inline constexpr fp8_bf16_bytes<Code> fp8_bf16_table{};
 
+#if defined(MOELA_X86_AVX2_KERNELS) && defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#define MOELA_FP8_VBMI 1
+/// FP8 codes -> bf16 patterns by two `vpermt2b` lookups in fp8_bf16_table, exact for every code.
+/// `t` holds each code twice, in the byte where its pattern's high byte goes (`hi_bytes`) and in
+/// the byte below it (`lo_bytes`); every other byte is 0 and stays 0. Per byte pair: the high
+/// byte looked up (other bytes pass through), the code's sign ORed into it, then the low byte
+/// looked up from the code still in place below. 3 ops (the sign constant is loop-invariant).
+template <class Code>
+MOELA_ALWAYS_INLINE __m512i fp8_bf16_lookup(__m512i t, __mmask64 hi_bytes, __mmask64 lo_bytes) {
+  const auto& tab = fp8_bf16_table<Code>;
+  __m512i h = _mm512_mask2_permutex2var_epi8(_mm512_load_si512(tab.hi.data()), t, hi_bytes,
+                                             _mm512_load_si512(tab.hi.data() + 64));
+  h = _mm512_ternarylogic_epi32(h, t, _mm512_maskz_set1_epi8(hi_bytes, static_cast<char>(0x80)), 0xF8);  // a | (b & c)
+  return _mm512_mask2_permutex2var_epi8(_mm512_load_si512(tab.lo.data()), h, lo_bytes,
+                                        _mm512_load_si512(tab.lo.data() + 64));
+}
+#endif
+
 #ifdef MOELA_X86_AVX2_KERNELS
 /// E4M3 codes (8, one per 16-bit lane after sign extension) -> the fp16 bit patterns of
 /// value * 2^-8: sign-extending the byte and shifting it left by 7 puts the sign in bit 15,

@@ -335,7 +335,8 @@ inline constexpr bool decode16_format = F::kind == quant::format_kind::dense || 
 
 /// W[n, k .. k + 16) as fp32 (k a multiple of 16), scale applied unless `scaled` is false (fp8):
 /// the same values as decode_segment, in one register. Ops per 16 weights: f32 1, bf16/fp16 2-3,
-/// INT8 4, INT4 8, FP8 E4M3 10 (NaN codes give NaN, as the table decoder).
+/// INT8 4, INT4 8, FP8 5 with AVX512-VBMI (table lookup, fp8_bf16_lookup), else E4M3 10 and
+/// E5M2 4 (NaN codes give NaN, as the table decoder).
 template <class F>
 MOELA_ALWAYS_INLINE __m512 decode16(const qmatrix<F>& w, index_t n, index_t k, bool scaled) {
   using namespace quant;
@@ -351,8 +352,19 @@ MOELA_ALWAYS_INLINE __m512 decode16(const qmatrix<F>& w, index_t n, index_t k, b
     }
   } else if constexpr (F::kind == format_kind::fp8_block) {
     const float s = scaled ? w.scale_data()[(n / F::block_rows) * w.scale_cols() + k / F::group] : 1.0f;
+#ifdef MOELA_FP8_VBMI
+    // Code j into bytes 2 and 3 of 32-bit lane j, then its bf16 pattern there: the fp32 value.
+    const __m512i spread = _mm512_set_epi8(15, 15, 0, 0, 14, 14, 0, 0, 13, 13, 0, 0, 12, 12, 0, 0, 11, 11, 0, 0, 10, 10, 0, 0,
+                                           9, 9, 0, 0, 8, 8, 0, 0, 7, 7, 0, 0, 6, 6, 0, 0, 5, 5, 0, 0, 4, 4, 0, 0, 3, 3, 0, 0,
+                                           2, 2, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0);
+    const __m512i t = _mm512_maskz_permutexvar_epi8(
+        0xCCCCCCCCCCCCCCCCull, spread, _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k))));
+    const __m512 v = _mm512_castsi512_ps(fp8_bf16_lookup<Code>(t, 0x8888888888888888ull, 0x4444444444444444ull));
+    return scaled ? _mm512_mul_ps(v, _mm512_set1_ps(s)) : v;
+#else
     const __m256i h = fp8x16_to_fp16_bits<Code>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k)));
     return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(s * fp8_fp16_rescale<Code>));
+#endif
   } else if constexpr (F::kind == format_kind::int8_rowwise || F::kind == format_kind::int8_group) {
     const index_t g = F::group == 0 ? w.cols() : F::group;
     const float s = quant::detail::scale_to_float(w.scale_data()[n * w.scale_cols() + k / g]);

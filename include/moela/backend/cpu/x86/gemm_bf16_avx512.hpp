@@ -9,9 +9,11 @@
 ///    call as bf16 laid out `[K/2][16][2]`: one 64-byte line per 2 k holds those 2 weights of
 ///    each of the 16 rows, the operand order of `vdpbf16ps` (per fp32 lane, 2 products summed).
 ///    bf16 weights are copied; FP8 codes are decoded exactly to bf16 (an FP8 value has at most 4
-///    significant bits; E4M3 as value / 256 through the fp16 bit trick of convert.hpp, so FP8
-///    subnormals stay bf16-normal and the DAZ rule of `vdpbf16ps` never meets them) and their
-///    block scale (times 256 for E4M3) is kept per span and row, as fp32.
+///    significant bits and its exponent lies in bf16's normal range, so FP8 subnormals are
+///    bf16-normal and the DAZ rule of `vdpbf16ps` never meets them): with AVX512-VBMI by table
+///    lookup (`fp8_bf16_lookup` of convert.hpp), else E4M3 as value / 256 through the fp16 bit
+///    trick of convert.hpp; their block scale (times 256 for E4M3 on the fp16 route) is kept per
+///    span and row, as fp32.
 ///  - **Activations** are bf16 rows (the caller rounds fp32 ones, RNE), padded to even K with a
 ///    zero, broadcast one pair (4 bytes) at a time.
 ///  - bf16 weights: one fp32 accumulator chain per output over the K block. FP8 weights: per span
@@ -65,10 +67,19 @@ inline constexpr index_t bf16_panel = panel_rows;  ///< output rows per packed p
 inline constexpr index_t bf16_kblock = 2048;  ///< K per packed block: a panel of 64 KiB (L2)
 inline constexpr int bf16_tile_rows = 6;      ///< MR: 6 x 2 panels = 12 accumulators (+ 12 for FP8)
 
-/// 32 FP8 codes -> 32 bf16 (E4M3: value / 256; E5M2: value), exact.
+/// 32 FP8 codes -> 32 bf16, exact: the value (table lookup, with AVX512-VBMI), else E4M3 value /
+/// 256 and E5M2 value (through fp16 patterns).
 template <class Code>
 MOELA_ALWAYS_INLINE __m512i fp8x32_to_bf16(const Code* p) {
   const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+#ifdef MOELA_FP8_VBMI
+  // Code i into both bytes of 16-bit lane i, then its bf16 pattern there.
+  const __m512i spread = _mm512_set_epi8(31, 31, 30, 30, 29, 29, 28, 28, 27, 27, 26, 26, 25, 25, 24, 24, 23, 23, 22, 22, 21,
+                                         21, 20, 20, 19, 19, 18, 18, 17, 17, 16, 16, 15, 15, 14, 14, 13, 13, 12, 12, 11, 11,
+                                         10, 10, 9, 9, 8, 8, 7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+  return fp8_bf16_lookup<Code>(_mm512_permutexvar_epi8(spread, _mm512_castsi256_si512(c)), 0xAAAAAAAAAAAAAAAAull,
+                               0x5555555555555555ull);
+#else
   __m512i h;
   if constexpr (std::is_same_v<Code, fp8_e5m2>) {
     h = _mm512_slli_epi16(_mm512_cvtepu8_epi16(c), 8);  // E5M2 is fp16 with the low byte cleared
@@ -81,11 +92,18 @@ MOELA_ALWAYS_INLINE __m512i fp8x32_to_bf16(const Code* p) {
   }
   const __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h)), hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
   return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // (upper, lower)
+#endif
 }
 
-/// The factor from a packed FP8 weight's bf16 value to its code value (E4M3 is decoded / 256).
+/// The factor from a packed FP8 weight's bf16 value to its code value (the fp16 route decodes
+/// E4M3 / 256).
 template <class F>
-inline constexpr float bf16_pack_rescale = std::is_same_v<typename F::code_type, fp8_e4m3> ? 256.0f : 1.0f;
+inline constexpr float bf16_pack_rescale =
+#ifdef MOELA_FP8_VBMI
+    1.0f;
+#else
+    std::is_same_v<typename F::code_type, fp8_e4m3> ? 256.0f : 1.0f;
+#endif
 
 /// Packs rows [n0, n0 + nv) (nv <= 16), columns [k0, k0 + len) of `w` into `codes` (ceil(len / 2)
 /// rounded up to 16 lines of 16 pairs; rows past nv and columns past len are zero) and, for FP8,

@@ -55,7 +55,7 @@ inline constexpr index_t fast512_chunk = F::packed4 ? 128 : 64;
 /// codes included; without VBMI through fp16 patterns and `vcvtph2ps` (E4M3 as value / 256,
 /// NaN codes tracked on the side).
 inline constexpr bool fast512_fp8_lut =
-#ifdef __AVX512VBMI__
+#ifdef MOELA_FP8_VBMI
     true;
 #else
     false;
@@ -120,7 +120,7 @@ MOELA_ALWAYS_INLINE void fast512_decode(const std::uint8_t* p, __m512 (&out)[fas
                                         [[maybe_unused]] __m512i& nan) {
   using C = typename F::code_type;
   if constexpr (F::kind == quant::format_kind::fp8_block && fast512_fp8_lut) {
-#ifdef __AVX512VBMI__
+#ifdef MOELA_FP8_VBMI
     // The bf16 pattern's high byte (sign ORed in) and low byte of each code, interleaved into
     // 16-bit words by the unpacks; a word moved to the top of its 32-bit lane is the fp32 value.
     const auto& t = fp8_bf16_table<C>;
