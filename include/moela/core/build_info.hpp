@@ -35,15 +35,17 @@ namespace moela {
 struct build_info_t {
   const char* simd_arch;  ///< xsimd's default architecture name ("avx512bw", "fma3+avx2", "sse2", ...)
   bool avx2, fma, avx512f, avx512bw, avx512vl, avx512vnni, avx512bf16, f16c;
+  bool avx512vbmi;  ///< the FP8 decoders' byte-table lookups (`vpermt2b`)
   bool generic_kernels;   ///< MOELA_FORCE_GENERIC: ISA-specific kernels disabled
   const char* compiler;
-  /// One line, e.g. "moela 0.1.0, simd avx512bw (+vnni +bf16), gcc 12.2.0".
+  /// One line, e.g. "moela 0.1.0, simd avx512bw (+vnni +bf16 +vbmi), gcc 12.2.0".
   std::string summary() const {
     std::string s = "moela " + std::to_string(MOELA_VERSION_MAJOR) + "." + std::to_string(MOELA_VERSION_MINOR) +
                     "." + std::to_string(MOELA_VERSION_PATCH) + ", simd " + simd_arch;
     std::string ext;
     if (avx512vnni) ext += " +vnni";
     if (avx512bf16) ext += " +bf16";
+    if (avx512vbmi) ext += " +vbmi";
     if (!ext.empty()) s += " (" + ext.substr(1) + ")";
     if (generic_kernels) s += ", generic kernels";
     return s + ", " + compiler;
@@ -73,6 +75,9 @@ inline build_info_t build_info() {
 #endif
 #ifdef __AVX512BF16__
   b.avx512bf16 = true;
+#endif
+#ifdef __AVX512VBMI__
+  b.avx512vbmi = true;
 #endif
 #ifdef __F16C__
   b.f16c = true;
@@ -133,6 +138,9 @@ __attribute__((target("arch=x86-64"))) inline const char* missing_isa() {
 #endif
 #ifdef __AVX512BF16__
   if (!__builtin_cpu_supports("avx512bf16")) return "AVX512BF16";
+#endif
+#ifdef __AVX512VBMI__
+  if (!__builtin_cpu_supports("avx512vbmi")) return "AVX512VBMI";
 #endif
   return nullptr;
 }
