@@ -92,7 +92,7 @@ class row_prefetcher {
 /// from now: a GEMV kernel prefetches its code stream `ahead` bytes ahead (`prefetch_ahead`,
 /// x86/gemv_avx2.hpp), and the rows' parameters are a second stream (int4 with G = 32 and fp32
 /// scales: a quarter of the code bytes, plus an eighth for zero points) that the hardware
-/// prefetchers left to DRAM latency: a memory-bound W4A8 GEMV streamed 1.04-1.30x faster with
+/// prefetchers left to DRAM latency: a memory-bound W4A8 GEMV streamed 1.06-1.36x faster with
 /// it (docs/performance.md, twelfth pass). `rows(n, count)` prefetches the parameters of rows
 /// `[n + d, n + d + count)`, `d = ceil(ahead / code bytes of a row)`, with `__builtin_prefetch`
 /// locality `Locality` (the kernels pass their codes' `_MM_HINT_*`: T0 = 3, T1 = 2). For formats
