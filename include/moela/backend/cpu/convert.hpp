@@ -96,6 +96,18 @@ inline constexpr fp8_bf16_bytes<Code> fp8_bf16_table{};
 
 #if defined(MOELA_X86_AVX2_KERNELS) && defined(__AVX512VBMI__) && defined(__AVX512BW__)
 #define MOELA_FP8_VBMI 1
+/// 64 FP8 codes `v` in natural order -> the bytes of their bf16 patterns (fp8_bf16_table), exact
+/// for every code: `hi` the high bytes (sign ORed in), `lo` the low bytes. Interleaving them
+/// (unpacklo/hi_epi8(lo, hi)) gives the 16-bit patterns. 3 ops.
+template <class Code>
+MOELA_ALWAYS_INLINE void fp8x64_bf16_bytes(__m512i v, __m512i& hi, __m512i& lo) {
+  const auto& tab = fp8_bf16_table<Code>;
+  hi = _mm512_ternarylogic_epi32(
+      _mm512_permutex2var_epi8(_mm512_load_si512(tab.hi.data()), v, _mm512_load_si512(tab.hi.data() + 64)), v,
+      _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);  // a | (b & c)
+  lo = _mm512_permutex2var_epi8(_mm512_load_si512(tab.lo.data()), v, _mm512_load_si512(tab.lo.data() + 64));
+}
+
 /// FP8 codes -> bf16 patterns by two `vpermt2b` lookups in fp8_bf16_table, exact for every code.
 /// `t` holds each code twice, in the byte where its pattern's high byte goes (`hi_bytes`) and in
 /// the byte below it (`lo_bytes`); every other byte is 0 and stays 0. Per byte pair: the high
@@ -167,6 +179,18 @@ MOELA_ALWAYS_INLINE __m256i fp8x16_to_fp16_bits(__m128i c16) {
 /// The factor an fp8x8_to_ps result needs for unit scale.
 template <class Code>
 inline constexpr float fp8_fp16_rescale = std::is_same_v<Code, fp8_e5m2> ? 1.0f : 256.0f;
+
+/// True where the vector FP8 decoders take the table route (`MOELA_FP8_VBMI`: exact values),
+/// false where they take the fp16 route (E4M3 as value / 256).
+inline constexpr bool fp8_table_decode =
+#ifdef MOELA_FP8_VBMI
+    true;
+#else
+    false;
+#endif
+/// The factor from an FP8 code as the vector decoders give it to its value.
+template <class Code>
+inline constexpr float fp8_vector_rescale = fp8_table_decode ? 1.0f : fp8_fp16_rescale<Code>;
 
 /// NaN lanes replaced by the canonical quiet NaN of the same sign (what the scalar encoders give).
 MOELA_ALWAYS_INLINE __m256i canonical_nan(__m256i b) {

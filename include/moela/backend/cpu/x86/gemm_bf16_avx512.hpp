@@ -98,12 +98,7 @@ MOELA_ALWAYS_INLINE __m512i fp8x32_to_bf16(const Code* p) {
 /// The factor from a packed FP8 weight's bf16 value to its code value (the fp16 route decodes
 /// E4M3 / 256).
 template <class F>
-inline constexpr float bf16_pack_rescale =
-#ifdef MOELA_FP8_VBMI
-    1.0f;
-#else
-    std::is_same_v<typename F::code_type, fp8_e4m3> ? 256.0f : 1.0f;
-#endif
+inline constexpr float bf16_pack_rescale = fp8_vector_rescale<typename F::code_type>;
 
 /// Packs rows [n0, n0 + nv) (nv <= 16), columns [k0, k0 + len) of `w` into `codes` (ceil(len / 2)
 /// rounded up to 16 lines of 16 pairs; rows past nv and columns past len are zero) and, for FP8,

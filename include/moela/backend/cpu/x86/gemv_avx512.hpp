@@ -51,19 +51,12 @@ namespace moela::detail {
 template <class F>
 inline constexpr index_t fast512_chunk = F::packed4 ? 128 : 64;
 
-/// FP8 decoded by table lookup (`vpermt2b`, AVX512-VBMI) straight to bf16 patterns, exact, NaN
-/// codes included; without VBMI through fp16 patterns and `vcvtph2ps` (E4M3 as value / 256,
-/// NaN codes tracked on the side).
-inline constexpr bool fast512_fp8_lut =
-#ifdef MOELA_FP8_VBMI
-    true;
-#else
-    false;
-#endif
-
-/// The factor from a decoded FP8 weight to its code value (the fp16 route decodes E4M3 / 256).
+/// FP8 is decoded by table lookup where `fp8_table_decode` (AVX512-VBMI; exact, NaN codes
+/// included), else through fp16 patterns and `vcvtph2ps` (E4M3 as value / 256, NaN codes tracked
+/// on the side). The factor from a decoded weight to its code value:
 template <class F>
-inline constexpr float fast512_rescale = fast512_fp8_lut ? 1.0f : load8_rescale<F>;
+inline constexpr float fast512_rescale =
+    F::kind == quant::format_kind::fp8_block ? fp8_vector_rescale<typename F::code_type> : 1.0f;
 
 /// The formats and shapes these kernels take: FP8 blocks, INT8 and INT4 whose scale spans along
 /// K are whole chunks (FP8 block columns and INT8 groups multiples of 64; INT4 groups are 32,
@@ -78,7 +71,7 @@ template <class F>
 constexpr index_t fast512_source(index_t j) {
   if constexpr (F::packed4) {  // vector s, lane i: nibble s of 32-bit lane i = code 8i + s
     return 8 * (j % 16) + j / 16;
-  } else if constexpr (F::kind == quant::format_kind::fp8_block && fast512_fp8_lut) {
+  } else if constexpr (F::kind == quant::format_kind::fp8_block && fp8_table_decode) {
     // Vector v (0..3): the even (v even) or odd 16-bit words of the unpack-lo (v < 2) or
     // unpack-hi result; its 32-bit lane e < 16 holds word 2 (e % 4) + v % 2 of 128-bit lane e / 4,
     // i.e. byte 8 (v / 2) + 2 (e % 4) + v % 2 of that lane.
@@ -119,17 +112,12 @@ template <class F>
 MOELA_ALWAYS_INLINE void fast512_decode(const std::uint8_t* p, __m512 (&out)[fast512_chunk<F> / 16],
                                         [[maybe_unused]] __m512i& nan) {
   using C = typename F::code_type;
-  if constexpr (F::kind == quant::format_kind::fp8_block && fast512_fp8_lut) {
+  if constexpr (F::kind == quant::format_kind::fp8_block && fp8_table_decode) {
 #ifdef MOELA_FP8_VBMI
     // The bf16 pattern's high byte (sign ORed in) and low byte of each code, interleaved into
     // 16-bit words by the unpacks; a word moved to the top of its 32-bit lane is the fp32 value.
-    const auto& t = fp8_bf16_table<C>;
-    const __m512i v = _mm512_loadu_si512(p);
-    const __m512i hi = _mm512_ternarylogic_epi32(
-        _mm512_permutex2var_epi8(_mm512_load_si512(t.hi.data()), v, _mm512_load_si512(t.hi.data() + 64)), v,
-        _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);  // a | (b & c)
-    const __m512i lo =
-        _mm512_permutex2var_epi8(_mm512_load_si512(t.lo.data()), v, _mm512_load_si512(t.lo.data() + 64));
+    __m512i hi, lo;
+    fp8x64_bf16_bytes<C>(_mm512_loadu_si512(p), hi, lo);
     const __m512i w0 = _mm512_unpacklo_epi8(lo, hi), w1 = _mm512_unpackhi_epi8(lo, hi);
     const __m512i top = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
     out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
@@ -294,7 +282,7 @@ void gemv_avx512_fast(const qmatrix<F>& w, const float* xp, index_t ldx, const f
       // A NaN weight makes its row's outputs NaN, as dequantize-then-multiply does (the fp16
       // route turns NaN codes into finite values; the table route decodes them to NaN).
       bool row_nan = false;
-      if constexpr (e4m3 && !fast512_fp8_lut)
+      if constexpr (e4m3 && !fp8_table_decode)
         row_nan = _mm512_cmpeq_epi8_mask(nan[r], _mm512_set1_epi8(0x7F)) != 0;
       for (int m = 0; m < M; ++m) {
         float sum;
