@@ -631,7 +631,7 @@ void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[m
       const index_t lds = (K + quant::int8_activation_group - 1) / quant::int8_activation_group;
       const index_t N = w.rows();
       // AVX-512 VNNI kernels (gemv_a8_avx512.hpp) where the build and Arch have them, else AVX2.
-      constexpr bool vnni =
+      [[maybe_unused]] constexpr bool vnni =
 #ifdef MOELA_AVX512_GEMV_A8
           std::is_base_of_v<xsimd::avx512bw, Arch>;
 #else
