@@ -50,6 +50,14 @@ template <class Arch>
 void widen_bf16(const std::uint16_t* p, index_t n, float* out) {
   index_t i = 0;
 #if MOELA_ATTN_HAS_AVX2
+#ifdef __AVX512F__
+  if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+    for (; i + 16 <= n; i += 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+      _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+  }
+#endif
   if constexpr (is_avx2_arch<Arch>) {
     for (; i + 8 <= n; i += 8) {
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
@@ -69,6 +77,18 @@ void widen_e4m3(const std::uint8_t* p, index_t n, float scale, float* out) {
   const float k = scale * 0x1p120f;
   index_t i = 0;
 #if MOELA_ATTN_HAS_AVX2
+#ifdef __AVX512F__
+  if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+    const __m512i mag = _mm512_set1_epi32(0x7F), sgn = _mm512_set1_epi32(0x80);
+    const __m512 kv = _mm512_set1_ps(k);
+    for (; i + 16 <= n; i += 16) {
+      const __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+      const __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_and_si512(w, mag), 20)), kv);
+      _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v),
+                                                                    _mm512_slli_epi32(_mm512_and_si512(w, sgn), 24))));
+    }
+  }
+#endif
   if constexpr (is_avx2_arch<Arch>) {
     const __m256i mag = _mm256_set1_epi32(0x7F), sgn = _mm256_set1_epi32(0x80);
     const __m256 kv = _mm256_set1_ps(k);

@@ -30,6 +30,7 @@
 #include <cmath>
 #include <limits>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
@@ -92,16 +93,50 @@ void grow(V& v, std::size_t n) {
 template <class Arch>
 inline constexpr bool wide_tiles = xsimd::batch<float, Arch>::size == 16;
 
-/// s[r * ld + c] = <q[r], k[c]> for an RB x CB block.
+/// Lane i of the result = the sum of the lanes of in[i], for the L = batch size inputs: a
+/// transposing reduction tree, L - 1 adds for L sums where one horizontal sum each would take
+/// log2(L) adds and as many shuffles apiece. (AVX-512 has its own tree: xsimd 8.1's `haddp`
+/// returns the sums of inputs 2-5 and 10-13 in swapped pairs of lanes there.)
+template <class Arch>
+MOELA_ALWAYS_INLINE xsimd::batch<float, Arch> reduce_each(const xsimd::batch<float, Arch>* in) {
+#if MOELA_ATTN_HAS_AVX2 && defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+    // Four levels, each adding the two halves of a pair of vectors: 256-bit halves, then 128-bit
+    // lanes, then pairs and single floats within lanes. Input t ends in lane 4 (t % 4) + t / 4,
+    // so it is fed source 4 (t % 4) + t / 4 (the map is its own inverse).
+    __m512 a[16], c[8], g[4], u[2];
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; ++t) a[t] = in[4 * (t % 4) + t / 4];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i)
+      c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                           _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i)
+      g[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88),
+                           _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; ++i)
+      u[i] = _mm512_add_ps(_mm512_shuffle_ps(g[2 * i], g[2 * i + 1], 0x44), _mm512_shuffle_ps(g[2 * i], g[2 * i + 1], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xDD));
+  } else
+#endif
+  {
+    return xsimd::haddp(in);
+  }
+}
+
+/// s[r * ld + c] = scale * <q[r], k[c]> for an RB x CB block. The RB x CB lane-wise partial
+/// sums are reduced L at a time (`reduce_each`).
 template <class Arch, int RB, int CB>
-MOELA_ALWAYS_INLINE void qk_micro(const float* const* q, const float* const* k, index_t dk, float* s, index_t ld) {
+MOELA_ALWAYS_INLINE void qk_micro(const float* const* q, const float* const* k, index_t dk, float scale, float* s,
+                                  index_t ld) {
   using batch = xsimd::batch<float, Arch>;
   constexpr index_t L = static_cast<index_t>(batch::size);
-  batch acc[RB][CB];
-#pragma GCC unroll 8
-  for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 8
-    for (int c = 0; c < CB; ++c) acc[r][c] = batch(0.f);
+  constexpr int NA = RB * CB, NB = static_cast<int>((NA + L - 1) / L);
+  batch acc[NB * L];  // acc[r * CB + c]; the slots past NA stay zero
+#pragma GCC unroll 16
+  for (int i = 0; i < NB * L; ++i) acc[i] = batch(0.f);
   index_t d = 0;
   for (; d + L <= dk; d += L) {
     batch kv[CB];
@@ -109,27 +144,41 @@ MOELA_ALWAYS_INLINE void qk_micro(const float* const* q, const float* const* k, 
     for (int c = 0; c < CB; ++c) kv[c] = batch::load_unaligned(k[c] + d);
 #pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
-      const batch qv = batch::load_unaligned(q[r] + d);
+      batch qv = batch::load_unaligned(q[r] + d);
+      MOELA_IN_REGISTER(qv.data);
 #pragma GCC unroll 8
-      for (int c = 0; c < CB; ++c) acc[r][c] = xsimd::fma(qv, kv[c], acc[r][c]);
+      for (int c = 0; c < CB; ++c) acc[r * CB + c] = xsimd::fma(qv, kv[c], acc[r * CB + c]);
     }
   }
+  alignas(64) float sum[NB * L];
+#pragma GCC unroll 4
+  for (int b = 0; b < NB; ++b) reduce_each<Arch>(acc + b * L).store_aligned(sum + b * L);
 #pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 8
     for (int c = 0; c < CB; ++c) {
-      float v = xsimd::hadd(acc[r][c]);
+      float v = sum[r * CB + c];
       for (index_t t = d; t < dk; ++t) v += q[r][t] * k[c][t];
-      s[r * ld + c] = v;
+      s[r * ld + c] = v * scale;
     }
 }
 
 template <class Arch, int RB>
-MOELA_ALWAYS_INLINE void qk_rows(const float* const* q, const float* const* k, index_t nk, index_t dk, float* s,
-                                 index_t ld) {
+MOELA_ALWAYS_INLINE void qk_rows(const float* const* q, const float* const* k, index_t nk, index_t dk, float scale,
+                                 float* s, index_t ld) {
   index_t c = 0;
-  for (; c + 3 <= nk; c += 3) qk_micro<Arch, RB, 3>(q, k + c, dk, s + c, ld);
-  for (; c < nk; ++c) qk_micro<Arch, RB, 1>(q, k + c, dk, s + c, ld);
+  for (; c + 3 <= nk; c += 3) qk_micro<Arch, RB, 3>(q, k + c, dk, scale, s + c, ld);
+  for (; c < nk; ++c) qk_micro<Arch, RB, 1>(q, k + c, dk, scale, s + c, ld);
+}
+
+/// o[0..n) *= f.
+template <class Arch>
+MOELA_ALWAYS_INLINE void scale_row(float* o, index_t n, float f) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr index_t L = static_cast<index_t>(batch::size);
+  index_t c = 0;
+  for (; c + L <= n; c += L) (batch::load_unaligned(o + c) * f).store_unaligned(o + c);
+  for (; c < n; ++c) o[c] *= f;
 }
 
 /// o[r][0..dv) += sum_j p[r * ld + j] * v[j][0..dv) for an RB-row block.
@@ -205,9 +254,17 @@ void attend_item(const Cache& cache, index_t layer, index_t seq, const attend_sh
   const index_t n_keys = std::min(it.first_pos + it.i1, it.k1);
   const index_t koff = sh.key_offset + it.g * sh.key_step, voff = sh.value_offset + it.g * sh.value_step;
   float* S = sc.s.data();
+  const auto rec_bytes = static_cast<index_t>(F::record_bytes(lay.a, lay.b));
   for (index_t t0 = it.k0; t0 < n_keys; t0 += kv_tile) {
     const index_t nt = std::min(kv_tile, n_keys - t0);
+    // The next tile's records into L2 while this tile computes: a page's records are
+    // contiguous, but the hardware prefetchers stop at every 4 KiB boundary of the stream.
+    const index_t nnext = std::clamp<index_t>(n_keys - t0 - kv_tile, 0, kv_tile);
     for (index_t j = 0; j < nt; ++j) {
+      if (j < nnext) {
+        const std::byte* nrec = cache.record(layer, seq, t0 + kv_tile + j);
+        for (index_t b = 0; b < rec_bytes; b += 64) __builtin_prefetch(nrec + b, 0, 2);
+      }
       const float* rec;
       if constexpr (F::identity) {
         rec = reinterpret_cast<const float*>(cache.record(layer, seq, t0 + j));
@@ -223,21 +280,17 @@ void attend_item(const Cache& cache, index_t layer, index_t seq, const attend_sh
     // vector loaded from the (L2-resident) tile feeds 8 FMAs instead of 4.
     index_t r = 0;
     if constexpr (wide_tiles<Arch>)
-      for (; r + 8 <= R; r += 8) qk_rows<Arch, 8>(sc.qp.data() + r, sc.kp.data(), nt, sh.dk, S + r * kv_tile, kv_tile);
-    for (; r + 4 <= R; r += 4) qk_rows<Arch, 4>(sc.qp.data() + r, sc.kp.data(), nt, sh.dk, S + r * kv_tile, kv_tile);
-    for (; r < R; ++r) qk_rows<Arch, 1>(sc.qp.data() + r, sc.kp.data(), nt, sh.dk, S + r * kv_tile, kv_tile);
+      for (; r + 8 <= R; r += 8) qk_rows<Arch, 8>(sc.qp.data() + r, sc.kp.data(), nt, sh.dk, sh.scale, S + r * kv_tile, kv_tile);
+    for (; r + 4 <= R; r += 4) qk_rows<Arch, 4>(sc.qp.data() + r, sc.kp.data(), nt, sh.dk, sh.scale, S + r * kv_tile, kv_tile);
+    for (; r < R; ++r) qk_rows<Arch, 1>(sc.qp.data() + r, sc.kp.data(), nt, sh.dk, sh.scale, S + r * kv_tile, kv_tile);
     // Online softmax update.
     for (r = 0; r < R; ++r) {
       float* s = S + r * kv_tile;
       const index_t nv = std::clamp<index_t>(sc.lim[static_cast<std::size_t>(r)] - t0, 0, nt);
       if (nv > 0) {
-        for (index_t j = 0; j < nv; ++j) s[j] *= sh.scale;
         auto& st = sc.st[static_cast<std::size_t>(r)];
         const float f = st.rescale(moela::detail::max_of<Arch>(s, nv));
-        if (f != 1.f) {
-          float* orow = sc.op[static_cast<std::size_t>(r)];
-          for (index_t c = 0; c < sh.dv; ++c) orow[c] *= f;
-        }
+        if (f != 1.f) scale_row<Arch>(sc.op[static_cast<std::size_t>(r)], sh.dv, f);
         st.sum += moela::detail::exp_inplace<Arch>(s, nv, st.max);
       }
       std::fill(s + nv, s + nt, 0.f);

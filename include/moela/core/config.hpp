@@ -23,6 +23,15 @@
 #define MOELA_RESTRICT
 #endif
 
+/// Keeps a SIMD value in a register from here on: its later uses read the register rather than
+/// reloading the value from memory into each instruction (which compilers do when they judge a
+/// memory operand free; in a microkernel bound by loads it is not). No code is emitted.
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && !defined(__CUDA_ARCH__)
+#define MOELA_IN_REGISTER(v) asm("" : "+v"(v))
+#else
+#define MOELA_IN_REGISTER(v) ((void)0)
+#endif
+
 namespace moela {
 /// Signed index type used for every shape, stride and loop bound.
 using index_t = long;
