@@ -140,9 +140,10 @@ int run(const options& o, const moela::io::model_config& cfg, const char* format
   auto report = [&](const moela::generate_stats& s, std::size_t cache_used) {
     if (o.quiet) return;
     std::printf("\n[prefill %ld tokens %.3f s = %.0f tok/s | decode %ld tokens in %ld steps %.3f s = %.0f tok/s | "
-                "KV cache in use %s]\n",
+                "KV cache in use %s | step scratch %s]\n",
                 s.prompt_tokens, s.prefill_seconds, s.prefill_tokens_per_s(), s.decode_tokens, s.decode_steps,
-                s.decode_seconds, s.decode_tokens_per_s(), human_bytes(double(cache_used)).c_str());
+                s.decode_seconds, s.decode_tokens_per_s(), human_bytes(double(cache_used)).c_str(),
+                human_bytes(double(moela::thread_workspace_bytes())).c_str());
   };
 
   if (o.batch) {

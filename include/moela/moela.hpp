@@ -8,6 +8,7 @@
 #include "moela/core/error.hpp"
 #include "moela/core/minifloat.hpp"
 #include "moela/core/tensor.hpp"
+#include "moela/core/workspace.hpp"
 #include "moela/backend/tags.hpp"
 #include "moela/backend/cpu/parallel_for.hpp"
 #include "moela/quant.hpp"

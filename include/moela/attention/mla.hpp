@@ -38,8 +38,9 @@
 /// Errors (moela::error, nothing written to the cache): wrong shapes, chunks that do not match
 /// the cache's prepared step, a position at or past `config.rope.max_positions`.
 /// Threading: the kernels use the moela thread pool; one layer object must not run two forward
-/// calls at once (it owns reusable workspaces; steady-state calls do not allocate in the
-/// attention kernel).
+/// calls at once. The temporaries that grow with a step's rows live in the calling thread's
+/// scratch, shared by every `mla` on that thread (moela/core/workspace.hpp), so a model's layers
+/// hold one set between them; steady-state calls do not allocate in the attention kernel.
 
 #include <algorithm>
 #include <cstring>
@@ -52,6 +53,7 @@
 #include "moela/attention/kv_cache.hpp"
 #include "moela/attention/rope.hpp"
 #include "moela/backend/tags.hpp"
+#include "moela/core/workspace.hpp"
 #include "moela/ops/matmul.hpp"
 #include "moela/ops/rmsnorm.hpp"
 
@@ -114,6 +116,16 @@ inline tensor_view<float, 2> ws(std::vector<float>& v, index_t r, index_t c) {
   if (v.size() < static_cast<std::size_t>(r * c)) v.resize(static_cast<std::size_t>(r * c));
   return tensor_view<float, 2>(v.data(), {r, c});
 }
+/// The step's temporaries of every `attn::mla` on one thread (moela/core/workspace.hpp).
+struct mla_scratch {
+  std::vector<float> q, cq, lat, o, qa, ol, rec, ckv, kv, full;
+  std::size_t bytes() const {
+    std::size_t b = 0;
+    for (const auto* v : {&q, &cq, &lat, &o, &qa, &ol, &rec, &ckv, &kv, &full}) b += moela::detail::capacity_bytes(*v);
+    return b;
+  }
+};
+inline mla_scratch& scratch() { return moela::detail::thread_workspace<mla_scratch>(); }
 }  // namespace detail
 
 /// Format of the per-head absorbed matrices: the weight format itself for dense formats, FP32
@@ -232,9 +244,10 @@ class mla {
       for (const auto& c : chunks)
         for (index_t i = 0; i < c.tokens; ++i) pos_[static_cast<std::size_t>(t++)] = cache.length(c.seq) + i;
     }
-    auto q = detail::ws(q_, T, H * qk);
+    auto& sc = detail::scratch();
+    auto q = detail::ws(sc.q, T, H * qk);
     project_q(x, pos_, q);
-    auto lat = detail::ws(lat_, T, W);
+    auto lat = detail::ws(sc.lat, T, W);
     project_kv(x, pos_, lat);
     {
       index_t t = 0;
@@ -242,7 +255,7 @@ class mla {
         for (index_t i = 0; i < c.tokens; ++i, ++t)
           write_record(cache, layer, c.seq, cache.length(c.seq) + i, lat.data() + t * W, lat.data() + t * W + cfg_.kv_rank);
     }
-    auto o = detail::ws(o_, T, H * cfg_.v_dim);
+    auto o = detail::ws(sc.o, T, H * cfg_.v_dim);
     attention(cache, layer, chunks, q, o, mode);
     matmul(out, const_view<float, 2>(o), w_.o_proj);
   }
@@ -274,7 +287,7 @@ class mla {
     check(q.extent(0) == T && q.extent(1) == H * qk && q.is_contiguous(), "mla::project_q: q is ",
           to_string(q.shape()), ", expected contiguous [", T, ", ", H * qk, "]");
     if (cfg_.q_rank > 0) {
-      auto cq = detail::ws(cq_, T, cfg_.q_rank);
+      auto cq = detail::ws(detail::scratch().cq, T, cfg_.q_rank);
       matmul(cq, x, w_.q_a_proj);
       rmsnorm<arch>(cq, w_.q_a_norm.cview(), cfg_.rms_eps);
       matmul(q, const_view<float, 2>(cq), w_.q_b_proj);
@@ -324,8 +337,9 @@ class mla {
                        tensor_view<float, 2> o) {
     const index_t T = q.extent(0), H = cfg_.heads, qk = cfg_.qk_head_dim(), R = cfg_.kv_rank, W = cfg_.latent_width();
     const index_t nope = cfg_.nope_dim, v = cfg_.v_dim;
-    auto qa = detail::ws(qa_, T * H, W);
-    auto ol = detail::ws(ol_, T * H, R);
+    auto& sc = detail::scratch();
+    auto qa = detail::ws(sc.qa, T * H, W);
+    auto ol = detail::ws(sc.ol, T * H, R);
     // q_lat[t, h] = W_UK(h)^T q_nope[t, h]; q_pe copied behind it.
     parallel_for(H, [&](index_t h0, index_t h1) {
       thread_local std::vector<float> a, b;
@@ -373,11 +387,12 @@ class mla {
     const index_t H = cfg_.heads, qk = cfg_.qk_head_dim(), R = cfg_.kv_rank, W = cfg_.latent_width();
     const index_t nope = cfg_.nope_dim, v = cfg_.v_dim, per = nope + v, rd = cfg_.rope_dim;
     const index_t KW = H * qk + H * v;  // one up-projected record: K of every head, then V
+    auto& sc = detail::scratch();
     index_t tok0 = 0;
     for (const auto& c : chunks) {
       const index_t n = cache.length(c.seq) + c.tokens, first = cache.length(c.seq);
-      auto rec = detail::ws(rec_, n, W);
-      auto ckv = detail::ws(ckv_, n, R);
+      auto rec = detail::ws(sc.rec, n, W);
+      auto ckv = detail::ws(sc.ckv, n, R);
       parallel_for(n, [&](index_t t0, index_t t1) {
         for (index_t t = t0; t < t1; ++t) {
           CacheFormat::template decode<arch>(cache.record(layer, c.seq, t), R, rd, rec.data() + t * W);
@@ -385,9 +400,9 @@ class mla {
         }
       });
       // k_nope | v for every head and key: the naive-mode cache, rebuilt from the latent.
-      auto kv = detail::ws(kv_, n, H * per);
+      auto kv = detail::ws(sc.kv, n, H * per);
       matmul(kv, const_view<float, 2>(ckv), w_.kv_b_proj);
-      auto full = detail::ws(full_, n, KW);
+      auto full = detail::ws(sc.full, n, KW);
       parallel_for(n, [&](index_t t0, index_t t1) {
         for (index_t t = t0; t < t1; ++t)
           for (index_t h = 0; h < H; ++h) {
@@ -417,8 +432,7 @@ class mla {
   std::vector<absorb_matrix> wuk_t_, wuv_;
   // Workspaces (grow only).
   std::vector<index_t> pos_;
-  std::vector<float> q_, cq_, lat_, o_, qa_, ol_, rec_, ckv_, kv_, full_;
-  attend_work work_;
+  attend_work work_;  // the temporaries that grow with a step's rows: detail::scratch()
 };
 
 }  // namespace moela::attn

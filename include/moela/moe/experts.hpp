@@ -34,6 +34,7 @@
 #include "moela/backend/tags.hpp"
 #include "moela/core/error.hpp"
 #include "moela/core/tensor.hpp"
+#include "moela/core/workspace.hpp"
 #include "moela/moe/ffn.hpp"
 #include "moela/ops/matmul.hpp"
 #include "moela/ops/swiglu.hpp"
@@ -77,8 +78,9 @@ struct expert_job {
   tensor_view<float, 2> out;
 };
 
-/// Runs a list of expert jobs in the two phases described above. Owns the `h` scratch
-/// (grown on demand, never shrunk) and the task lists; not thread-safe.
+/// Runs a list of expert jobs in the two phases described above. Owns the task lists; the `h`
+/// scratch (grown on demand) is the calling thread's, shared by every runner on it (see
+/// moela/core/workspace.hpp). One runner must not run two calls at once.
 class expert_runner {
  public:
   /// Tasks per thread that each phase aims at: enough that dynamic scheduling, largest task
@@ -101,14 +103,15 @@ class expert_runner {
     plan(jobs, &sliced_ffn<Format>::inter, tasks1_);
     plan(jobs, &sliced_ffn<Format>::hidden, tasks2_);
     if (tasks1_.empty()) return;
+    auto& sc = moela::detail::thread_workspace<scratch>();
     const auto total = static_cast<std::size_t>(h_off_.back());
-    if (h_.size() < total) {
-      h_.resize(total);
-      u_.resize(total);
+    if (sc.h.size() < total) {
+      sc.h.resize(total);
+      sc.u.resize(total);
     }
     // Job j's hidden state h [m, I].
     auto h_of = [&](std::size_t j) {
-      return const_view<float, 2>(h_.data() + h_off_[j], {jobs[j].x.extent(0), jobs[j].ffn->inter});
+      return const_view<float, 2>(sc.h.data() + h_off_[j], {jobs[j].x.extent(0), jobs[j].ffn->inter});
     };
     // Int8-activation formats: quantize every job's rows once (`to[j] = quantized rows_of(j)`).
     constexpr bool int8_x = std::is_same_v<quant::default_mode_t<Format>, quant::mode::int8_activations>;
@@ -121,7 +124,7 @@ class expert_runner {
           },
           1);
     };
-    if constexpr (int8_x) quantize_jobs(xq_, [&](std::size_t j) { return jobs[j].x; });
+    if constexpr (int8_x) quantize_jobs(sc.xq, [&](std::size_t j) { return jobs[j].x; });
     // What job j's matmuls read: its rows quantized once above (`q[j]`), or the rows themselves.
     auto input = [&]([[maybe_unused]] const std::vector<quant::int8_activation_rows>& q, [[maybe_unused]] std::size_t j,
                      auto rows) -> decltype(auto) {
@@ -137,10 +140,10 @@ class expert_runner {
             const auto& jb = jobs[static_cast<std::size_t>(j)];
             const auto& f = *jb.ffn;
             const index_t m = jb.x.extent(0);
-            float* hb = h_.data() + h_off_[static_cast<std::size_t>(j)];
-            float* ub = u_.data() + h_off_[static_cast<std::size_t>(j)];
+            float* hb = sc.h.data() + h_off_[static_cast<std::size_t>(j)];
+            float* ub = sc.u.data() + h_off_[static_cast<std::size_t>(j)];
             tensor_view<float, 2> g(hb + r0, {m, r1 - r0}, {f.inter, 1}), u(ub + r0, {m, r1 - r0}, {f.inter, 1});
-            const auto& in = input(xq_, static_cast<std::size_t>(j), jb.x);
+            const auto& in = input(sc.xq, static_cast<std::size_t>(j), jb.x);
             matmul(cpu<Arch>{}, g, in, row_slice(f.gate, r0, r1));
             matmul(cpu<Arch>{}, u, in, row_slice(f.up, r0, r1));
             for (index_t i = 0; i < m; ++i)
@@ -148,7 +151,7 @@ class expert_runner {
           }
         },
         1);
-    if constexpr (int8_x) quantize_jobs(hq_, h_of);
+    if constexpr (int8_x) quantize_jobs(sc.hq, h_of);
     // Phase 2: down row ranges over the whole h of the job.
     parallel_for(
         static_cast<index_t>(tasks2_.size()),
@@ -157,7 +160,7 @@ class expert_runner {
             const auto [j, r0, r1] = tasks2_[static_cast<std::size_t>(t)];
             const auto& jb = jobs[static_cast<std::size_t>(j)];
             tensor_view<float, 2> o = jb.out.slice(1, r0, r1);
-            matmul(cpu<Arch>{}, o, input(hq_, static_cast<std::size_t>(j), h_of(static_cast<std::size_t>(j))),
+            matmul(cpu<Arch>{}, o, input(sc.hq, static_cast<std::size_t>(j), h_of(static_cast<std::size_t>(j))),
                    row_slice(jb.ffn->down, r0, r1));
           }
         },
@@ -197,10 +200,21 @@ class expert_runner {
     });
   }
 
+  /// The hidden states of a run and, for int8-activation formats, each job's quantized rows:
+  /// shared by every runner on the calling thread (moela/core/workspace.hpp).
+  struct scratch {
+    std::vector<float> h, u;
+    std::vector<quant::int8_activation_rows> xq, hq;  // per job, int8-activation formats only
+    std::size_t bytes() const {
+      std::size_t b = moela::detail::capacity_bytes(h) + moela::detail::capacity_bytes(u);
+      for (const auto* v : {&xq, &hq})
+        for (const auto& r : *v) b += r.bytes();
+      return b;
+    }
+  };
+
   std::vector<index_t> h_off_;
   std::vector<task> tasks1_, tasks2_;
-  std::vector<float> h_, u_;
-  std::vector<quant::int8_activation_rows> xq_, hq_;  // per job, int8-activation formats only
 };
 
 }  // namespace moela::moe

@@ -25,6 +25,7 @@
 #include "moela/backend/tags.hpp"
 #include "moela/core/error.hpp"
 #include "moela/core/tensor.hpp"
+#include "moela/core/workspace.hpp"
 #include "moela/ops/matmul.hpp"
 #include "moela/ops/swiglu.hpp"
 #include "moela/quant/dense.hpp"
@@ -57,6 +58,7 @@ struct swiglu_weights {
 /// Scratch of `swiglu_ffn`: two `[M, I]` FP32 buffers.
 struct ffn_workspace {
   std::vector<float> gate, up;
+  std::size_t bytes() const { return moela::detail::capacity_bytes(gate) + moela::detail::capacity_bytes(up); }
   void ensure(index_t m, index_t inter) {
     const auto n = static_cast<std::size_t>(m * inter);
     if (gate.size() < n) {
@@ -98,11 +100,13 @@ class dense_ffn<cpu<Arch>, Format> {
   index_t intermediate_size() const { return w_.intermediate_size(); }
 
   /// `y [T, D] = FFN(x [T, D])`.
-  void forward(tensor_view<float, 2> y, const_view<float, 2> x) { swiglu_ffn(cpu<Arch>{}, y, x, w_, ws_); }
+  /// Its scratch is the calling thread's, shared by every dense_ffn on it (core/workspace.hpp).
+  void forward(tensor_view<float, 2> y, const_view<float, 2> x) {
+    swiglu_ffn(cpu<Arch>{}, y, x, w_, moela::detail::thread_workspace<ffn_workspace>());
+  }
 
  private:
   swiglu_weights<Format> w_;
-  ffn_workspace ws_;
 };
 
 }  // namespace moela::moe

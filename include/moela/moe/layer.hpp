@@ -41,6 +41,7 @@
 #include "moela/backend/tags.hpp"
 #include "moela/core/error.hpp"
 #include "moela/core/tensor.hpp"
+#include "moela/core/workspace.hpp"
 #include "moela/moe/config.hpp"
 #include "moela/moe/dispatch.hpp"
 #include "moela/moe/experts.hpp"
@@ -133,6 +134,7 @@ class moe_layer<cpu<Arch>, Format, Router> {
           " and y ", to_string(y.shape()), " but [T, ", D, "] (hidden_size) is needed for both");
     check(x.rows_contiguous() && y.rows_contiguous(), "moe_layer::forward: rows of x and y must be contiguous");
     const bool with_shared = shared && cfg_.n_shared_experts > 0;
+    auto& sc = moela::detail::thread_workspace<scratch>();
     jobs_.clear();
     tensor_view<float, 2> xs, eo, sh;
     if (routed) {
@@ -140,10 +142,8 @@ class moe_layer<cpu<Arch>, Format, Router> {
       plan_.build(routing_, cfg_.n_routed_experts);
       for (index_t e = 0; e < cfg_.n_routed_experts; ++e) load_[static_cast<std::size_t>(e)] = plan_.count(e);
       const index_t n = T * K;
-      xs_.resize(static_cast<std::size_t>(n * D));
-      eo_.resize(static_cast<std::size_t>(n * D));
-      xs = tensor_view<float, 2>(xs_.data(), {n, D});
-      eo = tensor_view<float, 2>(eo_.data(), {n, D});
+      xs = tensor_view<float, 2>(moela::detail::grown(sc.xs, n * D), {n, D});
+      eo = tensor_view<float, 2>(moela::detail::grown(sc.eo, n * D), {n, D});
       plan_.gather(xs, x);
       for (std::int32_t e : plan_.active) {
         const index_t b = plan_.offsets[static_cast<std::size_t>(e)], c = plan_.count(e);
@@ -152,8 +152,7 @@ class moe_layer<cpu<Arch>, Format, Router> {
     }
     if (with_shared) {
       if (routed) {
-        shared_buf_.resize(static_cast<std::size_t>(T * D));
-        sh = tensor_view<float, 2>(shared_buf_.data(), {T, D});
+        sh = tensor_view<float, 2>(moela::detail::grown(sc.shared, T * D), {T, D});
       } else {
         sh = y;
       }
@@ -182,7 +181,14 @@ class moe_layer<cpu<Arch>, Format, Router> {
   sliced_ffn<Format> shared_sliced_;
   std::vector<expert_job<Format>> jobs_;
   expert_runner runner_;
-  std::vector<float> xs_, eo_, shared_buf_;
+  /// The rows gathered per expert, the experts' outputs and the shared expert's output: the
+  /// calling thread's, shared by every moe_layer on it (moela/core/workspace.hpp).
+  struct scratch {
+    std::vector<float> xs, eo, shared;
+    std::size_t bytes() const {
+      return moela::detail::capacity_bytes(xs) + moela::detail::capacity_bytes(eo) + moela::detail::capacity_bytes(shared);
+    }
+  };
 };
 
 }  // namespace moela::moe

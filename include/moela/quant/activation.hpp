@@ -212,6 +212,8 @@ class int8_activation_rows {
   /// The activations these codes stand for, code · scale in fp32 (exact but for the one rounding
   /// of the product), `[rows, cols]`.
   const_view<float, 2> values() const { return const_view<float, 2>(values_.data(), {rows_, cols_}); }
+  /// Bytes of the buffers this object holds (their capacity: they grow and are reused).
+  std::size_t bytes() const { return codes_.capacity() + (scales_.capacity() + values_.capacity()) * sizeof(float); }
 
  private:
   index_t rows_ = 0, cols_ = 0, scale_cols_ = 0;
