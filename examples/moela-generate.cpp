@@ -61,6 +61,7 @@ constexpr format_choice formats[] = {
                "  --cache C            latent KV cache: f32, bf16, fp8 (default f32)\n"
                "  --threads N          worker threads (default: all cores)\n"
                "  --batch              run all prompts as one batch (per-prompt seeds seed+i)\n"
+               "  --prefill-chunk N    prompt tokens per prefill step (default 512; 0 = all in one step)\n"
                "  --max-positions N    longest sequence the RoPE tables cover (default min(config, 16384))\n"
                "  --quiet              print only the generated text\n",
                MOELA_DEFAULT_MODEL_DIR);
@@ -100,6 +101,7 @@ options parse(int argc, char** argv) {
     else if (a == "--threads") o.threads = static_cast<int>(moela_cli::parse_int(tool, "--threads", value(), 1, 65536));
     else if (a == "--max-positions") o.max_positions = static_cast<long>(moela_cli::parse_int(tool, "--max-positions", value(), 1));
     else if (a == "--batch") o.batch = true;
+    else if (a == "--prefill-chunk") o.prefill_chunk = static_cast<long>(moela_cli::parse_int(tool, "--prefill-chunk", value(), 0));
     else if (a == "--quiet") o.quiet = true;
     else {
       std::fprintf(stderr, "moela-generate: unknown option '%s'\n", a.c_str());

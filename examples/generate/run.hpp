@@ -29,6 +29,7 @@ struct options {
   int threads = 0;
   bool batch = false, quiet = false;
   long max_positions = 0;
+  long prefill_chunk = moela::generate_options{}.prefill_chunk;
 };
 
 /// Loads the model of `o` with weights in `Format` (converted where the checkpoint stores
@@ -126,6 +127,7 @@ int run(const options& o, const moela::io::model_config& cfg, const char* format
 
   moela::generate_options g;
   g.max_new_tokens = o.max_new;
+  g.prefill_chunk = o.prefill_chunk;
   g.sampling = o.sampling;
   for (auto e : cfg.eos_token_ids) g.stop_tokens.push_back(static_cast<int>(e));
   auto print_token = [&](int t) {

@@ -315,4 +315,34 @@ TEST_CASE("generate: greedy equals the reference argmax chain; stop tokens, stre
     CHECK(rb.tokens[i] == generate(m, c, prompts[i], bo, g).tokens[0]);
   }
   CHECK(rb.stats.decode_tokens == 3 * 3);
+
+  // Prefill in steps of at most 2 tokens: the batch's 10 prompt tokens take 5 steps, two of
+  // them holding the end of one prompt and the start of the next; the continuations, the order
+  // of the streamed tokens and the stats are those of the single-step prefill.
+  generate_options po = bo;
+  po.prefill_chunk = 2;
+  std::vector<index_t> streamed_seq;
+  po.on_token = [&](index_t sq, int) {
+    streamed_seq.push_back(sq);
+    return true;
+  };
+  const int commits = c.commits;
+  auto rp = generate_batch(m, c, std::span<const std::vector<int>>(prompts), po);
+  CHECK(rp.tokens == rb.tokens);
+  CHECK(c.commits - commits == 5 + rp.stats.decode_steps);
+  CHECK(rp.stats.prompt_tokens == 10);
+  CHECK(rp.stats.decode_tokens == rb.stats.decode_tokens);
+  REQUIRE(streamed_seq.size() >= 3);
+  CHECK(streamed_seq[0] == 0);
+  CHECK(streamed_seq[1] == 1);
+  CHECK(streamed_seq[2] == 2);
+  // one prompt token per step
+  generate_options one = o;
+  one.on_token = {};
+  one.prefill_chunk = 1;
+  sampler g1;
+  const int c1 = c.commits;
+  auto r1 = generate(m, c, prompt, one, g1);
+  CHECK(r1.tokens[0] == r.tokens[0]);
+  CHECK(c.commits - c1 == 3 + r1.stats.decode_steps);
 }

@@ -1,6 +1,7 @@
 #pragma once
 /// \file moela/model/generate.hpp
-/// Autoregressive generation: one prefill step over the prompt(s), then one decode step per new
+/// Autoregressive generation: prefill steps over the prompt(s) (one, or steps of
+/// `generate_options::prefill_chunk` tokens for long prompts), then one decode step per new
 /// token, sampling with `sampler` (greedy, temperature, top-k, top-p, seeded), stopping at a
 /// stop token, at `max_new_tokens`, or when the streaming callback says so. Prefill and decode
 /// are timed separately.
@@ -10,14 +11,15 @@
 ///   auto r = moela::generate(model, cache, prompt, o, sampler);
 ///   r.stats.prefill_tokens_per_s(), r.stats.decode_tokens_per_s()
 ///
-/// `generate_batch` runs several prompts of different lengths together: one prefill step with
-/// a chunk per prompt, then decode steps over all sequences still running (each with its own
+/// `generate_batch` runs several prompts of different lengths together: prefill steps with a
+/// chunk per prompt (up to `prefill_chunk` tokens in all), then decode steps over all sequences still running (each with its own
 /// sampler seeded `seed + index`). Sequences are added to the cache at the start and removed at
 /// the end, so one cache serves many calls.
 ///
 /// Errors: an empty prompt, a token outside the vocabulary, or a cache that cannot hold
 /// prompt + max_new_tokens throw `moela::error` (from the model or the cache).
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <span>
@@ -30,6 +32,11 @@ namespace moela {
 
 struct generate_options {
   index_t max_new_tokens = 64;
+  /// Most prompt tokens one prefill step takes (all prompts together); longer prompts are
+  /// prefilled in steps of this many tokens. A step's temporaries grow with its tokens (~0.5 MiB
+  /// per token for a V2-Lite-shaped model, docs/model.md), so this bounds them for any prompt
+  /// length; 512 rows keep the GEMMs at their large-M speed. <= 0: the whole prompt(s) in one step.
+  index_t prefill_chunk = 512;
   sampling_params sampling{};    ///< used by generate_batch (generate takes a sampler)
   std::vector<int> stop_tokens;  ///< generation of a sequence ends after emitting one of these
   /// Called for every generated token (stop tokens included); return false to stop that sequence.
@@ -67,7 +74,6 @@ generate_result run_generation(Model& m, Cache& cache, std::span<const std::vect
   std::vector<int> tokens;
   for (std::size_t b = 0; b < B; ++b) {
     check(!prompts[b].empty(), "generate: prompt ", b, " is empty");
-    tokens.insert(tokens.end(), prompts[b].begin(), prompts[b].end());
     r.stats.prompt_tokens += static_cast<index_t>(prompts[b].size());
   }
   for (std::size_t b = 0; b < B; ++b) seq[b] = cache.add_sequence();
@@ -78,9 +84,8 @@ generate_result run_generation(Model& m, Cache& cache, std::span<const std::vect
       for (auto q : s) c.remove_sequence(q);
     }
   } guard{cache, seq};
-  for (std::size_t b = 0; b < B; ++b) chunks.push_back({seq[b], static_cast<index_t>(prompts[b].size())});
 
-  tensor<float, 2> logits;
+  tensor<float, 2> logits, first;
   std::vector<bool> live(B, o.max_new_tokens > 0);
   auto take = [&](std::size_t b, const float* row) {
     const int tok = (*samplers[b])(std::span<const float>(row, static_cast<std::size_t>(m.config().vocab_size)));
@@ -93,11 +98,39 @@ generate_result run_generation(Model& m, Cache& cache, std::span<const std::vect
     if (!keep || static_cast<index_t>(r.tokens[b].size()) >= o.max_new_tokens) live[b] = false;
   };
 
+  // Prefill: steps of at most `prefill_chunk` tokens taken from the prompts in order; the logits
+  // of each prompt's last token go to row b of `first`.
   auto t0 = clock::now();
-  m.forward(cache, chunks, tokens, logits, logits_rows::last);
+  const index_t V = m.config().vocab_size;
+  const index_t budget = o.prefill_chunk > 0 ? o.prefill_chunk : r.stats.prompt_tokens;
+  if (o.max_new_tokens > 0) first = tensor<float, 2>({static_cast<index_t>(B), V});
+  std::vector<index_t> done(B, 0);
+  std::vector<std::size_t> ends;  // prompts whose last token is in the step, by chunk
+  std::size_t next = 0;           // first prompt with tokens left
+  while (next < B) {
+    std::vector<step_chunk> part;
+    std::vector<int> part_tokens;
+    ends.clear();
+    index_t left = budget;
+    for (std::size_t b = next; b < B && left > 0; ++b) {
+      const auto total = static_cast<index_t>(prompts[b].size());
+      const index_t n = std::min(left, total - done[b]);
+      part.push_back({seq[b], n});
+      part_tokens.insert(part_tokens.end(), prompts[b].begin() + done[b], prompts[b].begin() + done[b] + n);
+      done[b] += n;
+      left -= n;
+      ends.push_back(done[b] == total ? b : B);
+    }
+    const bool any_end = std::any_of(ends.begin(), ends.end(), [&](std::size_t e) { return e < B; });
+    m.forward(cache, part, part_tokens, logits, any_end && o.max_new_tokens > 0 ? logits_rows::last : logits_rows::none);
+    for (std::size_t i = 0; i < ends.size(); ++i)
+      if (ends[i] < B && o.max_new_tokens > 0)
+        std::copy_n(&logits(static_cast<index_t>(i), 0), V, &first(static_cast<index_t>(ends[i]), 0));
+    while (next < B && done[next] == static_cast<index_t>(prompts[next].size())) ++next;
+  }
   r.stats.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   if (o.max_new_tokens <= 0) return r;
-  for (std::size_t b = 0; b < B; ++b) take(b, &logits(static_cast<index_t>(b), 0));
+  for (std::size_t b = 0; b < B; ++b) take(b, &first(static_cast<index_t>(b), 0));
 
   std::vector<std::size_t> rows;
   while (true) {
