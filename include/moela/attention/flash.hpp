@@ -151,8 +151,12 @@ MOELA_ALWAYS_INLINE void qk_micro(const float* const* q, const float* const* k, 
     }
   }
   alignas(64) float sum[NB * L];
+  if constexpr (NA == 1) {
+    sum[0] = xsimd::hadd(acc[0]);
+  } else {
 #pragma GCC unroll 4
-  for (int b = 0; b < NB; ++b) reduce_each<Arch>(acc + b * L).store_aligned(sum + b * L);
+    for (int b = 0; b < NB; ++b) reduce_each<Arch>(acc + b * L).store_aligned(sum + b * L);
+  }
 #pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 8
