@@ -106,8 +106,8 @@ class gqa {
     }
     check(total == T, "gqa::forward: the chunks hold ", total, " tokens but x has ", T, " rows");
     auto& sc = moela::detail::thread_workspace<scratch>();
-    auto q = ws(sc.q, T, H * d);
-    auto kv = ws(sc.kv, T, 2 * KV * d);
+    auto q = moela::detail::scratch_view(sc.q, T, H * d);
+    auto kv = moela::detail::scratch_view(sc.kv, T, 2 * KV * d);
     matmul(q, x, w_.q_proj);
     matmul(kv.slice(1, 0, KV * d), x, w_.k_proj);
     matmul(kv.slice(1, KV * d, 2 * KV * d), x, w_.v_proj);
@@ -123,7 +123,7 @@ class gqa {
     sh.heads = H; sh.kv_heads = KV; sh.dk = d; sh.dv = d;
     sh.key_offset = 0; sh.key_step = d; sh.value_offset = KV * d; sh.value_step = d;
     sh.q_ld = d; sh.o_ld = d; sh.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-    auto o = ws(sc.o, T, H * d);
+    auto o = moela::detail::scratch_view(sc.o, T, H * d);
     attend<arch>(cache, layer, chunks, sh, q.data(), o.data(), nullptr, work_);
     matmul(out, const_view<float, 2>(o), w_.o_proj);
   }
@@ -136,14 +136,8 @@ class gqa {
   /// The step's temporaries, shared by every gqa on the calling thread (core/workspace.hpp).
   struct scratch {
     std::vector<float> q, kv, o;
-    std::size_t bytes() const {
-      return moela::detail::capacity_bytes(q) + moela::detail::capacity_bytes(kv) + moela::detail::capacity_bytes(o);
-    }
+    std::size_t bytes() const { return moela::detail::capacity_bytes(q, kv, o); }
   };
-  static tensor_view<float, 2> ws(std::vector<float>& v, index_t r, index_t c) {
-    if (v.size() < static_cast<std::size_t>(r * c)) v.resize(static_cast<std::size_t>(r * c));
-    return tensor_view<float, 2>(v.data(), {r, c});
-  }
   gqa_config cfg_;
   gqa_weights<WeightFormat> w_;
   std::shared_ptr<const rope_table> rope_ptr_;

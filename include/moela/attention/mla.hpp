@@ -111,19 +111,11 @@ inline void check_matrix(const char* name, index_t rows, index_t cols, index_t w
   check(rows == want_r && cols == want_c, "mla: weight ", name, " is [", rows, ", ", cols, "] but the config needs [",
         want_r, ", ", want_c, "]");
 }
-/// Grows `v` to n floats and returns a [r, c] view of its start.
-inline tensor_view<float, 2> ws(std::vector<float>& v, index_t r, index_t c) {
-  if (v.size() < static_cast<std::size_t>(r * c)) v.resize(static_cast<std::size_t>(r * c));
-  return tensor_view<float, 2>(v.data(), {r, c});
-}
+using moela::detail::scratch_view;
 /// The step's temporaries of every `attn::mla` on one thread (moela/core/workspace.hpp).
 struct mla_scratch {
   std::vector<float> q, cq, lat, o, qa, ol, rec, ckv, kv, full;
-  std::size_t bytes() const {
-    std::size_t b = 0;
-    for (const auto* v : {&q, &cq, &lat, &o, &qa, &ol, &rec, &ckv, &kv, &full}) b += moela::detail::capacity_bytes(*v);
-    return b;
-  }
+  std::size_t bytes() const { return moela::detail::capacity_bytes(q, cq, lat, o, qa, ol, rec, ckv, kv, full); }
 };
 inline mla_scratch& scratch() { return moela::detail::thread_workspace<mla_scratch>(); }
 }  // namespace detail
@@ -245,9 +237,9 @@ class mla {
         for (index_t i = 0; i < c.tokens; ++i) pos_[static_cast<std::size_t>(t++)] = cache.length(c.seq) + i;
     }
     auto& sc = detail::scratch();
-    auto q = detail::ws(sc.q, T, H * qk);
+    auto q = detail::scratch_view(sc.q, T, H * qk);
     project_q(x, pos_, q);
-    auto lat = detail::ws(sc.lat, T, W);
+    auto lat = detail::scratch_view(sc.lat, T, W);
     project_kv(x, pos_, lat);
     {
       index_t t = 0;
@@ -255,7 +247,7 @@ class mla {
         for (index_t i = 0; i < c.tokens; ++i, ++t)
           write_record(cache, layer, c.seq, cache.length(c.seq) + i, lat.data() + t * W, lat.data() + t * W + cfg_.kv_rank);
     }
-    auto o = detail::ws(sc.o, T, H * cfg_.v_dim);
+    auto o = detail::scratch_view(sc.o, T, H * cfg_.v_dim);
     attention(cache, layer, chunks, q, o, mode);
     matmul(out, const_view<float, 2>(o), w_.o_proj);
   }
@@ -287,7 +279,7 @@ class mla {
     check(q.extent(0) == T && q.extent(1) == H * qk && q.is_contiguous(), "mla::project_q: q is ",
           to_string(q.shape()), ", expected contiguous [", T, ", ", H * qk, "]");
     if (cfg_.q_rank > 0) {
-      auto cq = detail::ws(detail::scratch().cq, T, cfg_.q_rank);
+      auto cq = detail::scratch_view(detail::scratch().cq, T, cfg_.q_rank);
       matmul(cq, x, w_.q_a_proj);
       rmsnorm<arch>(cq, w_.q_a_norm.cview(), cfg_.rms_eps);
       matmul(q, const_view<float, 2>(cq), w_.q_b_proj);
@@ -338,13 +330,13 @@ class mla {
     const index_t T = q.extent(0), H = cfg_.heads, qk = cfg_.qk_head_dim(), R = cfg_.kv_rank, W = cfg_.latent_width();
     const index_t nope = cfg_.nope_dim, v = cfg_.v_dim;
     auto& sc = detail::scratch();
-    auto qa = detail::ws(sc.qa, T * H, W);
-    auto ol = detail::ws(sc.ol, T * H, R);
+    auto qa = detail::scratch_view(sc.qa, T * H, W);
+    auto ol = detail::scratch_view(sc.ol, T * H, R);
     // q_lat[t, h] = W_UK(h)^T q_nope[t, h]; q_pe copied behind it.
     parallel_for(H, [&](index_t h0, index_t h1) {
       thread_local std::vector<float> a, b;
-      auto xin = detail::ws(a, T, nope);
-      auto y = detail::ws(b, T, R);
+      auto xin = detail::scratch_view(a, T, nope);
+      auto y = detail::scratch_view(b, T, R);
       for (index_t h = h0; h < h1; ++h) {
         for (index_t t = 0; t < T; ++t) std::memcpy(&xin(t, 0), q.data() + (t * H + h) * qk, sizeof(float) * nope);
         matmul(y, const_view<float, 2>(xin), wuk_t_[static_cast<std::size_t>(h)]);
@@ -362,8 +354,8 @@ class mla {
     const bool in_place = wuv_in_place();
     parallel_for(H, [&](index_t h0, index_t h1) {
       thread_local std::vector<float> a, b;
-      auto xin = detail::ws(a, T, R);
-      auto y = detail::ws(b, T, v);
+      auto xin = detail::scratch_view(a, T, R);
+      auto y = detail::scratch_view(b, T, v);
       for (index_t h = h0; h < h1; ++h) {
         for (index_t t = 0; t < T; ++t) std::memcpy(&xin(t, 0), ol.data() + (t * H + h) * R, sizeof(float) * R);
         if (in_place)
@@ -391,8 +383,8 @@ class mla {
     index_t tok0 = 0;
     for (const auto& c : chunks) {
       const index_t n = cache.length(c.seq) + c.tokens, first = cache.length(c.seq);
-      auto rec = detail::ws(sc.rec, n, W);
-      auto ckv = detail::ws(sc.ckv, n, R);
+      auto rec = detail::scratch_view(sc.rec, n, W);
+      auto ckv = detail::scratch_view(sc.ckv, n, R);
       parallel_for(n, [&](index_t t0, index_t t1) {
         for (index_t t = t0; t < t1; ++t) {
           CacheFormat::template decode<arch>(cache.record(layer, c.seq, t), R, rd, rec.data() + t * W);
@@ -400,9 +392,9 @@ class mla {
         }
       });
       // k_nope | v for every head and key: the naive-mode cache, rebuilt from the latent.
-      auto kv = detail::ws(sc.kv, n, H * per);
+      auto kv = detail::scratch_view(sc.kv, n, H * per);
       matmul(kv, const_view<float, 2>(ckv), w_.kv_b_proj);
-      auto full = detail::ws(sc.full, n, KW);
+      auto full = detail::scratch_view(sc.full, n, KW);
       parallel_for(n, [&](index_t t0, index_t t1) {
         for (index_t t = t0; t < t1; ++t)
           for (index_t h = 0; h < H; ++h) {

@@ -11,9 +11,10 @@
 /// thread: what stays allocated is the largest step's scratch of one layer of each type.
 ///
 /// - `detail::thread_workspace<W>()`: the calling thread's instance of scratch struct `W`
-///   (default-constructed on first use; `W` provides `std::size_t bytes() const`). Views into
-///   it are valid until the next call of a part of the same type on this thread: parts take
-///   them at the start of a call and do not keep them across calls.
+///   (default-constructed on first use; `W` provides `std::size_t bytes() const`, usually
+///   `detail::capacity_bytes(its vectors...)`). Views into it are valid until the next call of
+///   a part of the same type on this thread: parts take them at the start of a call
+///   (`detail::scratch_view`) and do not keep them across calls.
 /// - `thread_workspace_bytes()`: bytes of scratch the calling thread holds, all part types.
 /// - `release_thread_workspaces()`: frees them (the next call allocates again). For a thread
 ///   that is done with a large model but lives on; a thread's scratch is freed at its exit.
@@ -21,6 +22,8 @@
 
 #include <cstddef>
 #include <vector>
+
+#include "moela/core/tensor.hpp"
 
 namespace moela {
 
@@ -48,10 +51,15 @@ W& thread_workspace() {
   return w;
 }
 
-/// Capacity in bytes of a scratch vector.
-template <class T>
-std::size_t capacity_bytes(const std::vector<T>& v) {
-  return v.capacity() * sizeof(T);
+/// Capacity in bytes of scratch vectors, summed.
+template <class... T>
+std::size_t capacity_bytes(const std::vector<T>&... v) {
+  return (std::size_t{0} + ... + (v.capacity() * sizeof(T)));
+}
+
+/// `v` grown to at least r x c floats (never shrunk), as an [r, c] view of its start.
+inline tensor_view<float, 2> scratch_view(std::vector<float>& v, index_t r, index_t c) {
+  return tensor_view<float, 2>(grown(v, r * c), {r, c});
 }
 
 }  // namespace detail

@@ -206,7 +206,7 @@ class expert_runner {
     std::vector<float> h, u;
     std::vector<quant::int8_activation_rows> xq, hq;  // per job, int8-activation formats only
     std::size_t bytes() const {
-      std::size_t b = moela::detail::capacity_bytes(h) + moela::detail::capacity_bytes(u);
+      std::size_t b = moela::detail::capacity_bytes(h, u);
       for (const auto* v : {&xq, &hq})
         for (const auto& r : *v) b += r.bytes();
       return b;

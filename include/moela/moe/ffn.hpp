@@ -58,7 +58,7 @@ struct swiglu_weights {
 /// Scratch of `swiglu_ffn`: two `[M, I]` FP32 buffers.
 struct ffn_workspace {
   std::vector<float> gate, up;
-  std::size_t bytes() const { return moela::detail::capacity_bytes(gate) + moela::detail::capacity_bytes(up); }
+  std::size_t bytes() const { return moela::detail::capacity_bytes(gate, up); }
   void ensure(index_t m, index_t inter) {
     const auto n = static_cast<std::size_t>(m * inter);
     if (gate.size() < n) {

@@ -142,8 +142,8 @@ class moe_layer<cpu<Arch>, Format, Router> {
       plan_.build(routing_, cfg_.n_routed_experts);
       for (index_t e = 0; e < cfg_.n_routed_experts; ++e) load_[static_cast<std::size_t>(e)] = plan_.count(e);
       const index_t n = T * K;
-      xs = tensor_view<float, 2>(moela::detail::grown(sc.xs, n * D), {n, D});
-      eo = tensor_view<float, 2>(moela::detail::grown(sc.eo, n * D), {n, D});
+      xs = moela::detail::scratch_view(sc.xs, n, D);
+      eo = moela::detail::scratch_view(sc.eo, n, D);
       plan_.gather(xs, x);
       for (std::int32_t e : plan_.active) {
         const index_t b = plan_.offsets[static_cast<std::size_t>(e)], c = plan_.count(e);
@@ -152,7 +152,7 @@ class moe_layer<cpu<Arch>, Format, Router> {
     }
     if (with_shared) {
       if (routed) {
-        sh = tensor_view<float, 2>(moela::detail::grown(sc.shared, T * D), {T, D});
+        sh = moela::detail::scratch_view(sc.shared, T, D);
       } else {
         sh = y;
       }
@@ -185,9 +185,7 @@ class moe_layer<cpu<Arch>, Format, Router> {
   /// calling thread's, shared by every moe_layer on it (moela/core/workspace.hpp).
   struct scratch {
     std::vector<float> xs, eo, shared;
-    std::size_t bytes() const {
-      return moela::detail::capacity_bytes(xs) + moela::detail::capacity_bytes(eo) + moela::detail::capacity_bytes(shared);
-    }
+    std::size_t bytes() const { return moela::detail::capacity_bytes(xs, eo, shared); }
   };
 };
 
