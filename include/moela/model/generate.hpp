@@ -23,6 +23,7 @@
 #include <chrono>
 #include <functional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "moela/model/model.hpp"
@@ -103,33 +104,33 @@ generate_result run_generation(Model& m, Cache& cache, std::span<const std::vect
   auto t0 = clock::now();
   const index_t V = m.config().vocab_size;
   const index_t budget = o.prefill_chunk > 0 ? o.prefill_chunk : r.stats.prompt_tokens;
-  if (o.max_new_tokens > 0) first = tensor<float, 2>({static_cast<index_t>(B), V});
-  std::vector<index_t> done(B, 0);
-  std::vector<std::size_t> ends;  // prompts whose last token is in the step, by chunk
-  std::size_t next = 0;           // first prompt with tokens left
+  const bool sample = o.max_new_tokens > 0;
+  if (sample) first = tensor<float, 2>({static_cast<index_t>(B), V});
+  std::vector<std::pair<index_t, std::size_t>> ends;  // per prompt ending in the step: (chunk, prompt)
+  std::size_t next = 0;                               // first prompt with tokens left
+  index_t done = 0;                                   // its tokens already prefilled
   while (next < B) {
-    std::vector<step_chunk> part;
-    std::vector<int> part_tokens;
+    chunks.clear();
+    tokens.clear();
     ends.clear();
-    index_t left = budget;
-    for (std::size_t b = next; b < B && left > 0; ++b) {
-      const auto total = static_cast<index_t>(prompts[b].size());
-      const index_t n = std::min(left, total - done[b]);
-      part.push_back({seq[b], n});
-      part_tokens.insert(part_tokens.end(), prompts[b].begin() + done[b], prompts[b].begin() + done[b] + n);
-      done[b] += n;
+    for (index_t left = budget; next < B && left > 0;) {
+      const auto& p = prompts[next];
+      const index_t n = std::min(left, static_cast<index_t>(p.size()) - done);
+      chunks.push_back({seq[next], n});
+      tokens.insert(tokens.end(), p.begin() + done, p.begin() + done + n);
       left -= n;
-      ends.push_back(done[b] == total ? b : B);
+      done += n;
+      if (done == static_cast<index_t>(p.size())) {
+        ends.emplace_back(static_cast<index_t>(chunks.size()) - 1, next++);
+        done = 0;
+      }
     }
-    const bool any_end = std::any_of(ends.begin(), ends.end(), [&](std::size_t e) { return e < B; });
-    m.forward(cache, part, part_tokens, logits, any_end && o.max_new_tokens > 0 ? logits_rows::last : logits_rows::none);
-    for (std::size_t i = 0; i < ends.size(); ++i)
-      if (ends[i] < B && o.max_new_tokens > 0)
-        std::copy_n(&logits(static_cast<index_t>(i), 0), V, &first(static_cast<index_t>(ends[i]), 0));
-    while (next < B && done[next] == static_cast<index_t>(prompts[next].size())) ++next;
+    m.forward(cache, chunks, tokens, logits, sample && !ends.empty() ? logits_rows::last : logits_rows::none);
+    if (sample)
+      for (const auto& [row, b] : ends) std::copy_n(&logits(row, 0), V, &first(static_cast<index_t>(b), 0));
   }
   r.stats.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
-  if (o.max_new_tokens <= 0) return r;
+  if (!sample) return r;
   for (std::size_t b = 0; b < B; ++b) take(b, &first(static_cast<index_t>(b), 0));
 
   std::vector<std::size_t> rows;
