@@ -94,17 +94,17 @@ class row_prefetcher {
 /// scales: a quarter of the code bytes, plus an eighth for zero points) that the hardware
 /// prefetchers left to DRAM latency: a memory-bound W4A8 GEMV streamed 1.06-1.36x faster with
 /// it (docs/performance.md, twelfth pass). `rows(n, count)` prefetches the parameters of rows
-/// `[n + d, n + d + count)`, `d = ceil(ahead / code bytes of a row)`, with `__builtin_prefetch`
-/// locality `Locality` (the kernels pass their codes' `_MM_HINT_*`: T0 = 3, T1 = 2). For formats
-/// without per-row groups it does nothing. Past the matrix it prefetches addresses that hold
-/// nothing of it (a prefetch never faults).
+/// `[n + d, n + d + count)`, `d = ceil(ahead / bytes between code rows)`, with
+/// `__builtin_prefetch` locality `Locality` (the kernels pass their codes' `_MM_HINT_*`: T0 = 3,
+/// T1 = 2). For formats without per-row groups it does nothing. Past the matrix it prefetches
+/// addresses that hold nothing of it (a prefetch never faults).
 template <class F, int Locality>
 class param_prefetcher {
  public:
   param_prefetcher(const qmatrix<F>& w, std::size_t ahead) {
     if constexpr (has_row_groups<F>) {
-      const index_t row_bytes = std::max<index_t>(
-          1, F::packed4 ? (w.cols() + 1) / 2 : w.cols() * static_cast<index_t>(sizeof(typename F::code_type)));
+      const index_t row_bytes =
+          std::max<index_t>(1, w.code_stride() * static_cast<index_t>(sizeof(typename F::code_type)));
       const index_t d = (static_cast<index_t>(ahead) + row_bytes - 1) / row_bytes;
       scale_row_ = w.scale_cols() * static_cast<index_t>(sizeof(typename F::scale_type));
       scales_ = address(w.scale_data()) + static_cast<std::uintptr_t>(d * scale_row_);

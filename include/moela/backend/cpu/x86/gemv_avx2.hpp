@@ -137,9 +137,11 @@ MOELA_ALWAYS_INLINE void prefetch_ahead(const void* p) {
 /// 7168 x 2048, docs/performance.md, seventh pass).
 inline constexpr std::size_t gemv_fast_prefetch_bytes = 16384;
 
-/// Factor that turns load8's value into the code value (1, or 256 for E4M3).
+/// Factor that turns load8's value into the code value: FP8 goes through fp16 patterns
+/// (fp8_fp16_rescale: 256 for E4M3), the other formats are exact.
 template <class F>
-inline constexpr float load8_rescale = std::is_same_v<typename F::code_type, fp8_e4m3> ? 256.0f : 1.0f;
+inline constexpr float load8_rescale =
+    F::kind == quant::format_kind::fp8_block ? fp8_fp16_rescale<typename F::code_type> : 1.0f;
 
 /// y[m, n] for n in [n0, n1), m < M, fast mode, formats other than int4. `x` rows have stride ldx.
 /// Roofline: streams (n1 - n0) * K code bytes (+ scales) once; 2 * M FLOPs per weight; x (4*M*K
