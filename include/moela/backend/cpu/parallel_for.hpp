@@ -8,6 +8,13 @@
 /// rethrown on the calling thread (the first one wins; the other chunks still run). Calls from
 /// several user threads at once are safe: they take turns on the pool.
 ///
+/// Threads claim the chunks of a region one at a time from a shared counter. A worker that is
+/// late (waking up, or its core taken by another process) therefore holds nothing up: the
+/// threads that run take its chunks, and the caller waits only for chunks already running. On
+/// a busy machine a region runs at the speed of the threads that get a core, instead of
+/// waiting a scheduler time slice for each worker (which made a small model's decode steps
+/// ~1000x slower with one of two cores taken: docs/performance.md).
+///
 /// The thread count is `set_num_threads(n)` if called, else the `MOELA_NUM_THREADS`
 /// environment variable, else `std::thread::hardware_concurrency()`. Between regions the
 /// workers spin for `MOELA_SPIN_US` microseconds (default 1000; 0: never) before they sleep, so
@@ -104,47 +111,68 @@ class thread_pool {
     spin_us_ = default_spin_us(n);
     // New workers wait for the *next* generation: runs before this resize are not theirs.
     const std::uint32_t gen = generation_.load(std::memory_order_relaxed);
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, gen] { worker_loop(i, gen); });
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, gen] { worker_loop(gen); });
   }
 
-  /// Runs task(worker_index) on every thread of the pool, including the caller (index 0).
-  void run_on_all(const std::function<void(int)>& task) {
+  /// Runs task(c) once for every chunk c in [0, chunks), on the caller and the workers, and
+  /// returns when all are done. Chunks are claimed one at a time from a shared counter, so a
+  /// worker that has not started yet (asleep, or its core busy with another process) holds
+  /// nothing up: the threads that are running take its chunks. The caller waits only for
+  /// chunks already claimed and running.
+  void run_chunks(std::uint32_t chunks, const std::function<void(std::uint32_t)>& task) {
+    if (chunks == 0) return;
     // One parallel region at a time: callers on different threads take turns (each region
     // already uses every thread of the pool).
     std::lock_guard<std::mutex> run(run_mu_);
-    if (workers_.empty()) {
-      task(0);
-      return;
-    }
     std::exception_ptr first_error;
     std::mutex err_mu;
-    const std::function<void(int)> guarded = [&](int idx) {
+    const std::function<void(std::uint32_t)> guarded = [&](std::uint32_t c) {
       try {
-        task(idx);
+        task(c);
       } catch (...) {
         std::lock_guard<std::mutex> lk(err_mu);
         if (!first_error) first_error = std::current_exception();
       }
     };
-    // Publish the task, then the generation (release): a worker that sees the new generation
-    // (acquire) sees task_ and pending_.
-    task_ = &guarded;
-    pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
-    generation_.notify_all();
-    guarded(0);
-    for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = spin_then_wait(pending_, p, spin_us_);
-    task_ = nullptr;
+    if (workers_.empty()) {
+      for (std::uint32_t c = 0; c < chunks; ++c) guarded(c);
+    } else {
+      // Publish the task and the chunk count, then the claim word (release): a thread whose
+      // claim succeeds (acquire) sees them. Then wake the workers.
+      task_ = &guarded;
+      chunks_ = chunks;
+      pending_.store(chunks, std::memory_order_relaxed);
+      const std::uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
+      claims_.store(std::uint64_t{gen} << 32 | chunks, std::memory_order_release);
+      generation_.store(gen, std::memory_order_release);
+      generation_.notify_all();
+      run_claimed();
+      for (std::uint32_t p = pending_.load(std::memory_order_acquire); p != 0;) p = spin_then_wait(pending_, p, spin_us_);
+      task_ = nullptr;
+    }
     if (first_error) std::rethrow_exception(first_error);
   }
 
  private:
-  void worker_loop(int idx, std::uint32_t seen) {
+  /// Claims and runs chunks of the current region, in order, until none is left. The claim word
+  /// holds the region's generation (high 32 bits) and its unclaimed chunks (low 32 bits); a
+  /// thread that read the word of a finished region fails its compare-exchange, since the
+  /// generation moved.
+  void run_claimed() {
+    std::uint64_t w = claims_.load(std::memory_order_acquire);
+    while (static_cast<std::uint32_t>(w) != 0) {
+      if (!claims_.compare_exchange_weak(w, w - 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+      (*task_)(chunks_ - static_cast<std::uint32_t>(w));  // the task marks its own parallel scope
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+      w = claims_.load(std::memory_order_acquire);
+    }
+  }
+
+  void worker_loop(std::uint32_t seen) {
     for (;;) {
       seen = spin_then_wait(generation_, seen, spin_us_);
       if (quit_.load(std::memory_order_acquire)) return;
-      (*task_)(idx);  // the task marks its own parallel scope
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+      run_claimed();
     }
   }
 
@@ -164,10 +192,12 @@ class thread_pool {
 
  private:
   std::vector<std::thread> workers_;
-  std::mutex run_mu_;  // held for a whole run_on_all or resize
-  const std::function<void(int)>* task_ = nullptr;
+  std::mutex run_mu_;  // held for a whole run_chunks or resize
+  const std::function<void(std::uint32_t)>* task_ = nullptr;
   std::atomic<std::uint32_t> generation_{0};  // bumped once per region (and to stop the workers)
-  std::atomic<int> pending_{0};               // workers still running the current region
+  std::atomic<std::uint64_t> claims_{0};      // generation << 32 | chunks not yet claimed
+  std::uint32_t chunks_ = 0;                  // the current region's chunk count
+  std::atomic<std::uint32_t> pending_{0};     // chunks of the current region not yet done
   std::atomic<bool> quit_{false};
   int spin_us_ = 0;
 };
@@ -192,9 +222,10 @@ inline void set_num_threads(int n) {
 /// The number of threads CPU kernels use.
 inline int num_threads() { return detail::global_pool().size(); }
 
-/// Calls `fn(begin, end)` over chunks of `[0, n)`; at most one chunk per thread when
-/// `grain` is 0, else chunks of about `grain` items handed out dynamically (for uneven work,
-/// e.g. experts with different token counts).
+/// Calls `fn(begin, end)` over chunks of `[0, n)`: one per thread when `grain` is 0 (thread
+/// count t: chunk c is [c n / t, (c + 1) n / t)), else chunks of `grain` items (for uneven work,
+/// e.g. experts with different token counts). Threads claim chunks in order as they come, so
+/// one thread may run several (see thread_pool::run_chunks).
 template <class Fn>
 void parallel_for(index_t n, Fn&& fn, index_t grain = 0) {
   if (n <= 0) return;
@@ -204,25 +235,19 @@ void parallel_for(index_t n, Fn&& fn, index_t grain = 0) {
     fn(index_t{0}, n);
     return;
   }
+  constexpr index_t max_chunks = index_t{1} << 30;
+  index_t chunks = 0;
   if (grain <= 0) {
-    // Static split: thread t gets [t*n/nt, (t+1)*n/nt).
-    pool.run_on_all([&](int t) {
-      const index_t b = n * t / nt, e = n * (t + 1) / nt;
-      if (b < e) {
-        detail::parallel_scope scope;
-        fn(b, e);
-      }
-    });
-    return;
+    chunks = std::min<index_t>(nt, n);
+  } else {
+    grain = std::max(grain, (n + max_chunks - 1) / max_chunks);  // chunk ids fit the claim word
+    chunks = (n + grain - 1) / grain;
   }
-  std::atomic<index_t> next{0};
-  pool.run_on_all([&](int) {
+  pool.run_chunks(static_cast<std::uint32_t>(chunks), [&](std::uint32_t c) {
+    const index_t b = grain <= 0 ? n * c / chunks : c * grain;
+    const index_t e = grain <= 0 ? n * (c + 1) / chunks : std::min(n, b + grain);
     detail::parallel_scope scope;
-    for (;;) {
-      const index_t b = next.fetch_add(grain, std::memory_order_relaxed);
-      if (b >= n) break;
-      fn(b, std::min(n, b + grain));
-    }
+    fn(b, e);
   });
 }
 
