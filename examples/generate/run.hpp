@@ -61,6 +61,15 @@ inline std::string human_bytes(double b) {
   return s;
 }
 
+// The step scratch (core/workspace.hpp) stays with the thread after a step, sized for the
+// largest step so far. A program that keeps running after it is done with a model (a server
+// between models, a tool that goes on to other work) hands it back.
+inline void release_scratch(const options& o) {
+  const std::size_t held = moela::thread_workspace_bytes();
+  moela::release_thread_workspaces();
+  if (!o.quiet) std::printf("scratch %s released\n", human_bytes(double(held)).c_str());
+}
+
 template <class Format, class CacheFormat>
 int run(const options& o, const moela::io::model_config& cfg, const char* format_name) {
   using M = moela::deepseek_model<Format, CacheFormat>;
@@ -160,6 +169,7 @@ int run(const options& o, const moela::io::model_config& cfg, const char* format
     }
     report(r.stats, cache.bytes_per_token() * static_cast<std::size_t>(cfg.num_hidden_layers) *
                         static_cast<std::size_t>(r.stats.prompt_tokens + r.stats.decode_tokens));
+    release_scratch(o);
     return 0;
   }
   moela::sampler smp(o.sampling);
@@ -184,6 +194,7 @@ int run(const options& o, const moela::io::model_config& cfg, const char* format
   if (!o.quiet && prompts.size() > 1)
     std::printf("total  prefill %.0f tok/s, decode %.0f tok/s\n", total.prefill_tokens_per_s(),
                 total.decode_tokens_per_s());
+  release_scratch(o);
   return 0;
 }
 
