@@ -64,3 +64,48 @@ TEST_CASE("sampler: frequencies follow softmax(logits / T), top-k and top-p cut 
     for (int i = 0; i < 100; ++i) CHECK(a(l) == b(l));
   }
 }
+
+TEST_CASE("sampler: top-p applies to the distribution renormalised over the top-k kept") {
+  // p = 0.4, 0.3, 0.2, 0.1. top_k = 2 keeps 0.4, 0.3, renormalised 4/7 and 3/7; 4/7 >= 0.5, so
+  // top_p = 0.5 keeps id 0 alone (Hugging Face's top-k then top-p warpers). Over the whole
+  // distribution 0.4 < 0.5 would have kept ids 0 and 1.
+  const std::vector<float> l = {std::log(0.4f), std::log(0.3f), std::log(0.2f), std::log(0.1f)};
+  moela::sampler s({.temperature = 1.0, .top_k = 2, .top_p = 0.5, .seed = 3});
+  int other = 0;
+  for (int i = 0; i < 2000; ++i) other += s(l) != 0;
+  CHECK(other == 0);
+  // Without the top-k cut the same top_p keeps ids 0 and 1 (each drawn about 4/7, 3/7).
+  moela::sampler t({.temperature = 1.0, .top_p = 0.5, .seed = 3});
+  int ones = 0, rest = 0;
+  for (int i = 0; i < 2000; ++i) {
+    const int id = t(l);
+    ones += id == 1;
+    rest += id > 1;
+  }
+  CHECK(rest == 0);
+  CHECK(ones > 700);  // expected 857; 700 is > 6 standard deviations (22) below
+}
+
+TEST_CASE("sampler: infinite logits and extreme temperatures") {
+  moela::sampler s({.temperature = 1.0, .seed = 7});
+  const std::vector<float> pos_inf = {0.f, INFINITY, 0.f, 1.f};
+  CHECK_THROWS_WITH_AS(s(pos_inf), "sampler: logit 1 is +inf (no distribution to sample from)", moela::error);
+  const std::vector<float> all_neg_inf = {-INFINITY, -INFINITY, -INFINITY};
+  CHECK_THROWS_WITH_AS(s(all_neg_inf), "sampler: every logit is -inf (no distribution to sample from)", moela::error);
+  // -inf logits (masked tokens) are never drawn.
+  const std::vector<float> masked = {-INFINITY, 0.f, -INFINITY, 0.f};
+  for (int i = 0; i < 200; ++i) {
+    const int id = s(masked);
+    CHECK((id == 1 || id == 3));
+  }
+  // A temperature so small that logits / T overflow: the distribution is the argmax.
+  moela::sampler tiny({.temperature = 1e-300, .seed = 7});
+  const std::vector<float> l = {1.f, 3.f, 2.f, 0.f};
+  for (int i = 0; i < 50; ++i) CHECK(tiny(l) == 1);
+  // Greedy takes any non-NaN row.
+  moela::sampler g;
+  CHECK(g(pos_inf) == 1);
+  CHECK(g(all_neg_inf) == 0);
+  CHECK_THROWS_WITH_AS(moela::sampler({.temperature = INFINITY}), "sampler: temperature must be finite and >= 0, got inf",
+                       moela::error);
+}

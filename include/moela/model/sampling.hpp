@@ -5,16 +5,22 @@
 /// `sampler s(sampling_params{...}); int id = s(logits);` picks one token id from a row of
 /// logits (`std::span<const float>`, length = vocabulary). The procedure, in float64:
 ///   1. temperature == 0: argmax (the lowest id among equal maxima). Otherwise:
-///   2. p = softmax(logits / temperature);
+///   2. p = softmax(logits / temperature), computed as exp((l - max l) / temperature) so
+///      that no temperature overflows; a logit of -inf gets probability 0;
 ///   3. order the ids by p, descending (ties: lower id first); keep the first top_k
-///      (top_k <= 0: all), then the shortest prefix whose cumulative probability reaches top_p;
+///      (top_k <= 0: all), then, of those, the shortest prefix whose cumulative probability
+///      *renormalised over the top_k kept* reaches top_p (as Hugging Face's top-k then top-p
+///      warpers: top_k = 2, top_p = 0.5 over p = 0.4, 0.3, 0.2, 0.1 keeps only the first id);
 ///   4. draw u in [0, 1) and return the first kept id whose cumulative (renormalised)
 ///      probability exceeds u (inverse CDF).
 /// The random numbers come from `pcg64_stream`: the PCG64 generator seeded as NumPy's
 /// `numpy.random.default_rng(seed)` seeds it, one `random()` double per sampled token; so a
 /// Python reference that samples this way with NumPy reproduces moela's choices.
 ///
-/// Errors: empty logits, a NaN logit, temperature < 0, top_p outside (0, 1] throw moela::error.
+/// Errors (moela::error): empty logits, a NaN logit, a temperature that is negative or not
+/// finite, top_p outside (0, 1]; when sampling (temperature > 0), a logit of +inf or logits
+/// that are all -inf (no distribution to draw from). Greedy takes the argmax of any non-NaN
+/// row (+inf wins; all -inf gives id 0).
 
 #include <algorithm>
 #include <cmath>
@@ -121,7 +127,7 @@ inline int argmax(std::span<const float> logits) {
 class sampler {
  public:
   explicit sampler(sampling_params p = {}) : p_(p), rng_(p.seed) {
-    check(p.temperature >= 0.0 && std::isfinite(p.temperature), "sampler: temperature must be >= 0, got ",
+    check(p.temperature >= 0.0 && std::isfinite(p.temperature), "sampler: temperature must be finite and >= 0, got ",
           p.temperature);
     check(p.top_p > 0.0 && p.top_p <= 1.0, "sampler: top_p must be in (0, 1], got ", p.top_p);
   }
@@ -136,11 +142,14 @@ class sampler {
     double mx = -INFINITY;
     for (std::size_t i = 0; i < n; ++i) {
       check(!std::isnan(logits[i]), "sampler: logit ", i, " is NaN");
-      mx = std::max(mx, static_cast<double>(logits[i]) / p_.temperature);
+      check(logits[i] != INFINITY, "sampler: logit ", i, " is +inf (no distribution to sample from)");
+      mx = std::max(mx, static_cast<double>(logits[i]));
     }
+    check(mx != -INFINITY, "sampler: every logit is -inf (no distribution to sample from)");
     prob_.resize(n);
     double sum = 0.0;
-    for (std::size_t i = 0; i < n; ++i) sum += prob_[i] = std::exp(static_cast<double>(logits[i]) / p_.temperature - mx);
+    for (std::size_t i = 0; i < n; ++i)
+      sum += prob_[i] = std::exp((static_cast<double>(logits[i]) - mx) / p_.temperature);
     for (auto& v : prob_) v /= sum;
     order_.resize(n);
     std::iota(order_.begin(), order_.end(), 0);
@@ -148,10 +157,17 @@ class sampler {
     std::size_t keep = n;
     if (p_.top_k > 0) keep = std::min(keep, static_cast<std::size_t>(p_.top_k));
     if (p_.top_p < 1.0) {
+      // top_p applies to the distribution renormalised over the top_k kept (without a top_k
+      // cut the sums are the plain ones, unchanged by a division).
+      double mass = 1.0;
+      if (keep < n) {
+        mass = 0.0;
+        for (std::size_t i = 0; i < keep; ++i) mass += prob_[static_cast<std::size_t>(order_[i])];
+      }
       double c = 0.0;
       for (std::size_t i = 0; i < keep; ++i) {
         c += prob_[static_cast<std::size_t>(order_[i])];
-        if (c >= p_.top_p) {
+        if (c >= p_.top_p * mass) {
           keep = i + 1;
           break;
         }
