@@ -62,7 +62,7 @@ constexpr format_choice formats[] = {
                "  --threads N          worker threads (default: all cores)\n"
                "  --batch              run all prompts as one batch (per-prompt seeds seed+i)\n"
                "  --prefill-chunk N    prompt tokens per prefill step (default 512; 0 = all in one step)\n"
-               "  --max-positions N    longest sequence the RoPE tables cover (default min(config, 16384))\n"
+               "  --max-positions N    longest sequence the RoPE tables cover (default min(config, 16384); at most the config's)\n"
                "  --quiet              print only the generated text\n",
                MOELA_DEFAULT_MODEL_DIR);
   std::fprintf(code ? stderr : stdout, "formats:\n");
@@ -94,7 +94,7 @@ options parse(int argc, char** argv) {
     else if (a == "--temperature") o.sampling.temperature = moela_cli::parse_num(tool, "--temperature", value(), 0);
     else if (a == "--top-k") o.sampling.top_k = static_cast<int>(moela_cli::parse_int(tool, "--top-k", value(), 0));
     else if (a == "--top-p") o.sampling.top_p = moela_cli::parse_num(tool, "--top-p", value(), 0);
-    else if (a == "--seed") o.sampling.seed = static_cast<std::uint64_t>(moela_cli::parse_int(tool, "--seed", value(), 0, std::numeric_limits<long long>::max()));
+    else if (a == "--seed") o.sampling.seed = moela_cli::parse_u64(tool, "--seed", value());
     else if (a == "--greedy") o.sampling.temperature = 0;
     else if (a == "--format") o.format = value();
     else if (a == "--cache") o.cache = value();
@@ -127,6 +127,9 @@ int main(int argc, char** argv) {
     for (const auto& c : formats) names += std::string(", ") + c.name;
     moela::fail("moela-generate: --format must be one of ", names, "; got '", o.format, "'");
   } catch (const moela::error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {  // out of memory, or another failure from the system
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
   }

@@ -89,8 +89,18 @@ int main(int argc, char** argv) {
         usage(2);
       }
     }
-    if (model.empty() || out.empty() || !have_tokens) usage(2);
+    if (model.empty() || out.empty() || !have_tokens) {
+      std::fprintf(stderr, "moela-logits: missing%s%s%s\n", model.empty() ? " --model" : "", have_tokens ? "" : " --tokens",
+                   out.empty() ? " --out" : "");
+      usage(2);
+    }
     moela::check(!tokens.empty(), "moela-logits: --tokens is empty");
+    // Token ids are checked against the config before the weights load.
+    const index_t vocab = moela::io::load_config(model).vocab_size;
+    for (const auto* ids : {&tokens, &decode})
+      for (std::size_t i = 0; i < ids->size(); ++i)
+        moela::check((*ids)[i] < vocab, "moela-logits: token id ", (*ids)[i], " at index ", i, " of ",
+                     ids == &tokens ? "--tokens" : "--decode-tokens", " is outside the vocabulary [0, ", vocab, ")");
 
     // FP32 weights (converted exactly from BF16 / FP8 blocks) and an FP32 cache.
     using M = moela::deepseek_model<moela::quant::f32, moela::attn::cache_f32>;

@@ -18,8 +18,21 @@ inline long long parse_int(const char* tool, const std::string& flag, const std:
   char* end = nullptr;
   errno = 0;
   const long long n = std::strtoll(v.c_str(), &end, 10);
-  moela::check(end != v.c_str() && *end == '\0' && errno == 0 && n >= lo && n <= hi, tool, ": ", flag,
+  const bool starts_ok = !v.empty() && (v[0] == '-' || v[0] == '+' || (v[0] >= '0' && v[0] <= '9'));  // no spaces
+  moela::check(starts_ok && end != v.c_str() && *end == '\0' && errno == 0 && n >= lo && n <= hi, tool, ": ", flag,
                " needs a whole number in [", lo, ", ", hi, "], got '", v, "'");
+  return n;
+}
+
+/// A whole number in [0, 2^64) written in decimal digits only.
+inline unsigned long long parse_u64(const char* tool, const std::string& flag, const std::string& v) {
+  bool digits = !v.empty();
+  for (char c : v) digits = digits && c >= '0' && c <= '9';
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long n = digits ? std::strtoull(v.c_str(), &end, 10) : 0;
+  moela::check(digits && errno == 0, tool, ": ", flag, " needs a whole number in [0, ",
+               std::numeric_limits<unsigned long long>::max(), "], got '", v, "'");
   return n;
 }
 

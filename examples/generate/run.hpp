@@ -107,10 +107,19 @@ int run(const options& o, const moela::io::model_config& cfg, const char* format
     labels.push_back("\"" + p + "\"");
   }
 
+  // Each prompt needs its length + max_new - 1 positions (the last token is not fed back).
+  const index_t max_pos = moela::apply_options(cfg, lo).max_position_embeddings;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    const auto n = static_cast<index_t>(prompts[i].size());
+    moela::check(n <= max_pos && o.max_new - 1 <= max_pos - n, "moela-generate: prompt ", labels[i], " (", n,
+                 " tokens) with -n ", o.max_new, " needs ", n, " + ", o.max_new, " - 1 positions, but the model runs at most ",
+                 max_pos, " (the config's max_position_embeddings, or --max-positions if lower)");
+  }
+
   auto m = moela::load_model<M>(o.model, lo);
 
   index_t longest = 0;
-  for (auto& p : prompts) longest = std::max<index_t>(longest, static_cast<index_t>(p.size()) + o.max_new);
+  for (auto& p : prompts) longest = std::max<index_t>(longest, static_cast<index_t>(p.size()) + std::max(o.max_new - 1, 0L));
   const index_t cache_tokens = o.batch ? longest * static_cast<index_t>(prompts.size()) : longest;
   auto cache = moela::make_cache(m, cache_tokens);
 

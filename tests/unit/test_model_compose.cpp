@@ -6,6 +6,7 @@
 
 #include <moela/model/generate.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -22,7 +23,10 @@ struct toy_cache {
   std::vector<index_t> len, pend;
   std::vector<bool> live;
   int commits = 0, rollbacks = 0;
+  index_t slot_limit = 1 << 20;  // live sequences allowed at once
+  index_t live_count() const { return static_cast<index_t>(std::count(live.begin(), live.end(), true)); }
   index_t add_sequence() {
+    check(live_count() < slot_limit, "toy_cache: all ", slot_limit, " slots are in use");
     len.push_back(0);
     pend.push_back(0);
     live.push_back(true);
@@ -345,4 +349,32 @@ TEST_CASE("generate: greedy equals the reference argmax chain; stop tokens, stre
   auto r1 = generate(m, c, prompt, one, g1);
   CHECK(r1.tokens[0] == r.tokens[0]);
   CHECK(c.commits - c1 == 3 + r1.stats.decode_steps);
+}
+
+TEST_CASE("generate: bad requests fail before any work; sequences are removed whatever happens") {
+  fixture f;
+  auto ck = std::make_shared<const io::checkpoint>(f.dir.string());
+  auto m = toy_model::load(f.cfg, ck);
+  toy_cache c;
+  sampler g;
+  generate_options o;
+  o.max_new_tokens = -1;
+  CHECK_THROWS_WITH_AS(generate(m, c, {0, 4}, o, g), "generate: max_new_tokens must be >= 0, got -1", moela::error);
+  o.max_new_tokens = 3;
+  CHECK_THROWS_WITH_AS(generate(m, c, {0, 11, 2}, o, g),
+                       "generate: token 11 at index 1 of prompt 0 is outside the vocabulary [0, 11)", moela::error);
+  CHECK_THROWS_WITH_AS(generate(m, c, {}, o, g), "generate: prompt 0 is empty", moela::error);
+  CHECK(c.len.empty());  // no sequence was added, nothing ran
+  CHECK(c.commits == 0);
+  // The third of three prompts finds no free slot: the two added before are removed again.
+  c.slot_limit = 2;
+  const std::vector<std::vector<int>> prompts = {{0, 4}, {0, 1}, {0, 2}};
+  CHECK_THROWS_WITH_AS(generate_batch(m, c, std::span<const std::vector<int>>(prompts), o),
+                       "toy_cache: all 2 slots are in use", moela::error);
+  CHECK(c.live_count() == 0);
+  CHECK(c.commits == 0);
+  // With the slots free again the same cache serves a batch that fits.
+  const std::vector<std::vector<int>> two = {{0, 4}, {0, 1}};
+  CHECK(generate_batch(m, c, std::span<const std::vector<int>>(two), o).tokens.size() == 2);
+  CHECK(c.live_count() == 0);
 }

@@ -122,3 +122,42 @@ TEST_CASE("tiny-fortunes: a W4A8 model (int4_group_a8<32>) stays within int8 act
   CHECK(e >= 1e-4);
   CHECK(same_argmax >= lf.extent(0) * 3 / 4);
 }
+
+TEST_CASE("tiny-fortunes: generate checks positions and pages before any work") {
+  const std::string dir = MOELA_SOURCE_DIR "/examples/models/tiny-fortunes";
+  using M = deepseek_model<quant::bf16, attn::cache_f32>;
+  auto m = load_model<M>(dir);
+  const std::vector<int> prompt = {256, 'H', 'i'};
+  sampler g;
+  generate_options o;
+  o.stop_tokens = {257};
+  // A cache whose sequences may not pass position 16: 3 + 14 - 1 = 16 positions fit, 3 + 15 - 1 do not.
+  attn::paged_cache<attn::cache_f32> small(model_attention<M>::cache_layout(m.config()), 4, 64, 16);
+  o.max_new_tokens = 14;
+  CHECK_NOTHROW(generate(m, small, prompt, o, g));
+  o.max_new_tokens = 15;
+  CHECK_THROWS_WITH_AS(generate(m, small, prompt, o, g),
+                       doctest::Contains("generate: prompt 0 needs 3 + 15 - 1 positions but the cache holds at most 16"),
+                       moela::error);
+  CHECK(small.live_count() == 0);
+  CHECK(small.free_pages() == 4);
+  // One page of 64 tokens: a prompt of 3 with 62 new tokens needs 64 positions (fits), 63 new
+  // tokens a second page, even if a stop token would end it earlier.
+  auto one_page = make_cache(m, 64);
+  o.max_new_tokens = 62;
+  CHECK_NOTHROW(generate(m, one_page, prompt, o, g));
+  o.max_new_tokens = 63;
+  CHECK_THROWS_WITH_AS(generate(m, one_page, prompt, o, g),
+                       "generate: the prompts need 2 pages of 64 tokens at full length but the cache has 1 free",
+                       moela::error);
+  CHECK(one_page.free_pages() == 1);
+  // The one-line form checks against the config's position limit.
+  const index_t limit = m.config().max_position_embeddings;
+  CHECK_THROWS_WITH_AS(m.generate(prompt, limit, moela::sampling{}, [](int) { return true; }),
+                       doctest::Contains("positions but the model's max_position_embeddings is"), moela::error);
+  CHECK_THROWS_WITH_AS(m.generate(prompt, -2, moela::sampling{}, [](int) { return true; }),
+                       "generate: max_new_tokens must be >= 0, got -2", moela::error);
+  CHECK_THROWS_WITH_AS(make_cache(m, 0), "make_cache: tokens and page_size must be positive (got 0, 64)", moela::error);
+  CHECK_THROWS_WITH_AS(make_cache(m, 64, 0), "make_cache: tokens and page_size must be positive (got 64, 0)",
+                       moela::error);
+}

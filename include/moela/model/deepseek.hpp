@@ -85,10 +85,14 @@ inline deepseek_model<quant::bf16, attn::cache_bf16> load_model(const std::strin
 }
 
 /// A paged KV cache for every layer of `m` (latent records for MLA, K and V for standard
-/// attention), room for `tokens` tokens over all sequences.
+/// attention), room for `tokens` tokens over all sequences (rounded up to whole pages of
+/// `page_size` tokens), each sequence limited to the config's `max_position_embeddings`.
+/// Errors (`moela::error`): `tokens` or `page_size` < 1, a pool too large to address.
 template <class Model>
 attn::paged_cache<model_cache_format<Model>> make_cache(const Model& m, index_t tokens,
                                                         index_t page_size = attn::paged_cache<model_cache_format<Model>>::default_page_size) {
+  check(tokens > 0 && page_size > 0, "make_cache: tokens and page_size must be positive (got ", tokens, ", ",
+        page_size, ")");
   const auto& c = m.config();
   const attn::cache_layout layout = model_attention<Model>::cache_layout(c);
   const index_t pages = (tokens + page_size - 1) / page_size;

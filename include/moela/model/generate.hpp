@@ -12,16 +12,23 @@
 ///   r.stats.prefill_tokens_per_s(), r.stats.decode_tokens_per_s()
 ///
 /// `generate_batch` runs several prompts of different lengths together: prefill steps with a
-/// chunk per prompt (up to `prefill_chunk` tokens in all), then decode steps over all sequences still running (each with its own
-/// sampler seeded `seed + index`). Sequences are added to the cache at the start and removed at
-/// the end, so one cache serves many calls.
+/// chunk per prompt (up to `prefill_chunk` tokens in all), then decode steps over all sequences
+/// still running (each with its own sampler seeded `seed + index`). Sequences are added to the
+/// cache at the start and removed at the end (also when the call throws), so one cache serves
+/// many calls.
 ///
-/// Errors: an empty prompt, a token outside the vocabulary, or a cache that cannot hold
-/// prompt + max_new_tokens throw `moela::error` (from the model or the cache).
+/// Errors (`moela::error`), all raised before any token is computed and leaving the cache as
+/// it was: an empty prompt, a token outside the vocabulary, `max_new_tokens < 0`, a prompt
+/// whose positions would pass the cache's `max_positions()` (each prompt needs
+/// `prompt + max_new_tokens - 1` positions: the last token sampled is not fed back), not
+/// enough free sequence slots, and, for a paged cache, fewer free pages than the prompts need
+/// at full length (a contiguous cache: a sequence capacity below that length). Generation that
+/// stops early at a stop token simply uses less.
 
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <span>
 #include <utility>
 #include <vector>
@@ -31,8 +38,10 @@
 
 namespace moela {
 
+/// What `generate` / `generate_batch` do: how many tokens, how the prompt is stepped, how to
+/// sample (generate_batch only), when to stop, and the streaming callback.
 struct generate_options {
-  index_t max_new_tokens = 64;
+  index_t max_new_tokens = 64;  ///< tokens to sample per prompt (>= 0; 0: prefill only)
   /// Most prompt tokens one prefill step takes (all prompts together); longer prompts are
   /// prefilled in steps of this many tokens. A step's temporaries grow with its tokens (~0.5 MiB
   /// per token for a V2-Lite-shaped model, docs/model.md), so this bounds them for any prompt
@@ -44,6 +53,7 @@ struct generate_options {
   std::function<bool(index_t seq, int token)> on_token;
 };
 
+/// Token counts and wall-clock times of one call, prefill and decode apart.
 struct generate_stats {
   index_t prompt_tokens = 0;     ///< tokens prefilled
   index_t generated_tokens = 0;  ///< tokens sampled (the first comes from the prefill logits)
@@ -54,6 +64,7 @@ struct generate_stats {
   double decode_tokens_per_s() const { return decode_seconds > 0 ? double(decode_tokens) / decode_seconds : 0.0; }
 };
 
+/// The output of one call: per prompt its tokens and why it ended, and the call's stats.
 struct generate_result {
   std::vector<std::vector<int>> tokens;  ///< generated tokens per prompt (stop token included)
   std::vector<bool> stopped;             ///< true where a stop token (or the callback) ended it
@@ -70,14 +81,40 @@ generate_result run_generation(Model& m, Cache& cache, std::span<const std::vect
   r.tokens.resize(B);
   r.stopped.assign(B, false);
   if (B == 0) return r;
-  std::vector<index_t> seq(B);
+  std::vector<index_t> seq;
   std::vector<step_chunk> chunks;
   std::vector<int> tokens;
+  check(o.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0, got ", o.max_new_tokens);
+  const index_t vocab = m.config().vocab_size;
+  index_t pages_needed = 0;
   for (std::size_t b = 0; b < B; ++b) {
-    check(!prompts[b].empty(), "generate: prompt ", b, " is empty");
-    r.stats.prompt_tokens += static_cast<index_t>(prompts[b].size());
+    const auto& p = prompts[b];
+    check(!p.empty(), "generate: prompt ", b, " is empty");
+    for (std::size_t i = 0; i < p.size(); ++i)
+      check(p[i] >= 0 && p[i] < vocab, "generate: token ", p[i], " at index ", i, " of prompt ", b,
+            " is outside the vocabulary [0, ", vocab, ")");
+    const index_t n = static_cast<index_t>(p.size());
+    if constexpr (requires { cache.max_positions(); })
+      check(n <= cache.max_positions() && o.max_new_tokens - 1 <= cache.max_positions() - n, "generate: prompt ", b,
+            " needs ", n, " + ", o.max_new_tokens, " - 1 positions but the cache holds at most ", cache.max_positions(),
+            " per sequence (lower max_new_tokens, or raise the cache's max_positions)");
+    // The caches above bound need by max_positions; a cache without that limit: saturate.
+    const index_t extra = std::max<index_t>(o.max_new_tokens - 1, 0);
+    const index_t need = extra > std::numeric_limits<index_t>::max() - n ? std::numeric_limits<index_t>::max() : n + extra;
+    if constexpr (requires { cache.capacity(); })
+      check(need <= cache.capacity(), "generate: prompt ", b, " needs ", need, " tokens but the cache's sequences hold ",
+            cache.capacity());
+    if constexpr (requires { cache.page_size(); }) {
+      const index_t pb = (need - 1) / cache.page_size() + 1;  // no overflow for need near the maximum
+      pages_needed = pb > std::numeric_limits<index_t>::max() - pages_needed ? std::numeric_limits<index_t>::max()
+                                                                             : pages_needed + pb;
+    }
+    r.stats.prompt_tokens += n;
   }
-  for (std::size_t b = 0; b < B; ++b) seq[b] = cache.add_sequence();
+  if constexpr (requires { cache.free_pages(); })
+    check(pages_needed <= cache.free_pages(), "generate: the prompts need ", pages_needed, " pages of ",
+          cache.page_size(), " tokens at full length but the cache has ", cache.free_pages(), " free");
+  // Sequences are removed again whatever happens, including when adding one fails.
   struct release {
     Cache& c;
     std::vector<index_t>& s;
@@ -85,6 +122,8 @@ generate_result run_generation(Model& m, Cache& cache, std::span<const std::vect
       for (auto q : s) c.remove_sequence(q);
     }
   } guard{cache, seq};
+  seq.reserve(B);
+  for (std::size_t b = 0; b < B; ++b) seq.push_back(cache.add_sequence());
 
   tensor<float, 2> logits, first;
   std::vector<bool> live(B, o.max_new_tokens > 0);
@@ -102,7 +141,7 @@ generate_result run_generation(Model& m, Cache& cache, std::span<const std::vect
   // Prefill: steps of at most `prefill_chunk` tokens taken from the prompts in order; the logits
   // of each prompt's last token go to row b of `first`.
   auto t0 = clock::now();
-  const index_t V = m.config().vocab_size;
+  const index_t V = vocab;
   const index_t budget = o.prefill_chunk > 0 ? o.prefill_chunk : r.stats.prompt_tokens;
   const bool sample = o.max_new_tokens > 0;
   if (sample) first = tensor<float, 2>({static_cast<index_t>(B), V});

@@ -173,13 +173,20 @@ class model {
   /// Convenience generation for one prompt with a cache made for the call (see generate.hpp
   /// for the cache-reusing, batched and stats-returning forms): samples up to `max_new_tokens`
   /// tokens with `sampling`, stops at the config's EOS ids, calls `on_token(token)` for each
-  /// (return false to stop) and returns the generated tokens.
+  /// (return false to stop) and returns the generated tokens. Errors as `moela::generate`:
+  /// among them `max_new_tokens < 0` and prompt + max_new_tokens - 1 past the config's
+  /// `max_position_embeddings`.
   template <class Sampling, class OnToken>
   std::vector<int> generate(const std::vector<int>& prompt, index_t max_new_tokens, const Sampling& sampling,
                             OnToken&& on_token) {
     using attention = typename detail::first_of<Layers...>::type::attention_type;
     using cache_type = attn::paged_cache<typename attention::cache_format>;
-    const index_t need = static_cast<index_t>(prompt.size()) + max_new_tokens;
+    check(max_new_tokens >= 0, "generate: max_new_tokens must be >= 0, got ", max_new_tokens);
+    check(!prompt.empty(), "generate: prompt 0 is empty");
+    const index_t limit = cfg_.max_position_embeddings, n = static_cast<index_t>(prompt.size());
+    check(n <= limit && max_new_tokens - 1 <= limit - n, "generate: prompt 0 needs ", n, " + ", max_new_tokens,
+          " - 1 positions but the model's max_position_embeddings is ", limit);
+    const index_t need = n + std::max<index_t>(max_new_tokens - 1, 0);
     cache_type cache(attention::cache_layout(cfg_), (need + 63) / 64, 64, cfg_.max_position_embeddings);
     auto o = make_generate_options(*this, max_new_tokens, on_token);
     auto smp = make_sampler(*this, sampling);
