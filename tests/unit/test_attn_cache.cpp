@@ -161,3 +161,26 @@ TEST_CASE("contiguous cache: capacity errors leave other sequences untouched") {
   std::vector<float> buf(12);
   CHECK_THROWS_AS(attn::read_record(c, 0, s0, 9, std::span<float>(buf)), moela::error);
 }
+
+TEST_CASE("caches: queries of a sequence that does not exist, bad sizes") {
+  attn::paged_cache<attn::cache_f32> c({8, 4, 2}, 5, 4, 100);
+  const index_t s = c.add_sequence();
+  CHECK(c.length(s) == 0);
+  CHECK(c.pending(s) == 0);
+  CHECK(c.pages_of(s) == 0);
+  CHECK_THROWS_WITH_AS(c.length(7), "cache::length: sequence 7 does not exist", moela::error);
+  CHECK_THROWS_WITH_AS(c.pending(-1), "cache::pending: sequence -1 does not exist", moela::error);
+  CHECK_THROWS_WITH_AS(c.pages_of(3), "paged_cache::pages_of: sequence 3 does not exist", moela::error);
+  c.remove_sequence(s);
+  CHECK_THROWS_AS(c.length(s), moela::error);
+  CHECK_THROWS_WITH_AS((attn::paged_cache<attn::cache_f32>({8, 4, 2}, 5, 4, -3)),
+                       "paged_cache: pages, page_size and max_positions must be positive (got 5, 4, -3)", moela::error);
+  CHECK_THROWS_WITH_AS((attn::contiguous_cache<attn::cache_f32>({8, 4, 2}, 2, 16, 0)),
+                       "contiguous_cache: max_sequences, capacity and max_positions must be positive (got 2, 16, 0)",
+                       moela::error);
+  // Sizes whose product does not fit: an error, not a small allocation behind huge extents.
+  CHECK_THROWS_WITH_AS((attn::contiguous_cache<attn::cache_f32>({8, 4, 2}, index_t{1} << 40, index_t{1} << 30)),
+                       doctest::Contains("contiguous_cache: size overflows"), moela::error);
+  CHECK_THROWS_WITH_AS((attn::paged_cache<attn::cache_f32>({8, 4, 2}, 1 << 30, index_t{1} << 40)),
+                       doctest::Contains("paged_cache: size overflows"), moela::error);
+}

@@ -192,3 +192,23 @@ TEST_CASE("check_extent_match accepts owning tensors too") {
   CHECK(has(error_of([&] { moela::check_extent_match<1, 1>("matmul", "x", x, "W", bad); }),
             "matmul: x is [2, 5] but W is [7, 4]"));
 }
+
+TEST_CASE("tensor: a shape whose element count overflows is an error") {
+  const index_t big = index_t{1} << 32;
+  CHECK_THROWS_WITH_AS((moela::tensor<float, 2>({big, big})),
+                       "tensor: shape [4294967296, 4294967296] has more elements than an index_t holds", moela::error);
+  CHECK(moela::tensor<float, 3>({big, big, 0}).size() == 0);  // an empty extent: nothing to allocate
+}
+
+TEST_CASE("memory_overlaps: spans through the strides, empty views overlap nothing") {
+  moela::tensor<float, 2> a({4, 8}), b({4, 8});
+  CHECK(moela::memory_overlaps(a.view(), a.view()));
+  CHECK_FALSE(moela::memory_overlaps(a.view(), b.view()));
+  const moela::tensor_view<float, 2> top(a.data(), {2, 8}, {8, 1}), bottom(a.data() + 16, {2, 8}, {8, 1});
+  CHECK_FALSE(moela::memory_overlaps(top, bottom));
+  const moela::tensor_view<float, 2> mid(a.data() + 15, {1, 2}, {8, 1});
+  CHECK(moela::memory_overlaps(top, mid));
+  CHECK(moela::memory_overlaps(mid, bottom));
+  const moela::tensor_view<float, 2> none(a.data(), {0, 8}, {8, 1});
+  CHECK_FALSE(moela::memory_overlaps(none, a.view()));
+}

@@ -501,4 +501,21 @@ TEST_CASE("dispatch_plan: counting sort is stable and complete") {
     }
   r.topk_idx(2, 1) = 4;
   CHECK_THROWS_WITH_AS(p.build(r, 4), doctest::Contains("expert id 4"), moela::error);
+  r.topk_idx(2, 1) = 1;
+  // gather needs exactly the plan's token rows in x
+  tensor<float, 2> xs({10, 3}), x4({4, 3}), x5({5, 3});
+  CHECK_THROWS_WITH_AS(p.gather(xs.view(), x4.cview()),
+                       "moe::dispatch_plan::gather: x has 4 rows but the plan routes 5 tokens", moela::error);
+  CHECK_NOTHROW(p.gather(xs.view(), x5.cview()));
+  // build needs weights of the ids' shape
+  r.topk_weight = tensor<float, 2>({5, 1});
+  CHECK_THROWS_WITH_AS(p.build(r, 4), "moe::dispatch_plan: topk_weight is [5, 1] but topk_idx is [5, 2]", moela::error);
+}
+
+TEST_CASE("select_experts: validates the config before routing") {
+  // top-k 8 of 4 experts: would overrun the per-token buffers; rejected by moe_config::validate.
+  moe_config c = small_config(4, 8, 1, 1, score_fn::softmax, topk_rule::greedy, false, 1.0f, 0);
+  tensor<float, 2> logits({2, 4});
+  routing r;
+  CHECK_THROWS_AS((select_experts<softmax_scoring, no_group_limit>(c, logits.cview(), {}, r)), moela::error);
 }

@@ -641,3 +641,22 @@ TEST_CASE("matmul: bad shapes throw moela::error naming the operation and shapes
   tensor_view<float, 2> ystrided(ywide.data(), {3, 10}, {20, 2});  // columns not contiguous
   CHECK_THROWS_AS(matmul(ystrided, xok.cview(), w), moela::error);
 }
+
+TEST_CASE("matmul: y overlapping x is an error; qmatrix codes must match cols") {
+  std::mt19937 rng(5);
+  const auto w = qmatrix<quant::f32>::quantize(moela_test::random_matrix(rng, 16, 16, 1.0f).cview());
+  tensor<float, 2> buf({2, 16});
+  CHECK_THROWS_WITH_AS(matmul(buf.view(), buf.cview(), w), doctest::Contains("matmul: y [2, 16] overlaps x [2, 16]"),
+                       moela::error);
+  // Two rows of one buffer: y = row 1, x = row 0 do not overlap.
+  const tensor_view<float, 2> y(buf.data() + 16, {1, 16}, {16, 1});
+  const const_view<float, 2> x(buf.data(), {1, 16}, {16, 1});
+  CHECK_NOTHROW(matmul(y, x, w));
+  // The owning constructor's cols must agree with the codes (int4: two per byte).
+  CHECK_THROWS_WITH_AS(qmatrix<quant::f32>(tensor<float, 2>({2, 4}), {}, {}, 1000),
+                       "qmatrix: cols = 1000 does not match codes of shape [2, 4]", moela::error);
+  CHECK_THROWS_WITH_AS((qmatrix<quant::int4_group<32>>(tensor<std::uint8_t, 2>({2, 16}), tensor<float, 2>({2, 1}), {}, 64)),
+                       "qmatrix: cols = 64 does not match codes of shape [2, 16] (int4: two codes per byte)",
+                       moela::error);
+  CHECK_NOTHROW((qmatrix<quant::int4_group<32>>(tensor<std::uint8_t, 2>({2, 16}), tensor<float, 2>({2, 1}), {}, 32)));
+}

@@ -27,8 +27,10 @@
 
 namespace moela::attn {
 
+/// Which dims RoPE rotates together: (2i, 2i+1) as DeepSeek, or (i, i + dim/2) as NeoX/Llama.
 enum class rope_pairing { interleaved, half };
 
+/// The shape of a gqa layer. `validate()` throws moela::error naming the field at fault.
 struct gqa_config {
   index_t hidden = 0, heads = 0, kv_heads = 0, head_dim = 0;
   rope_config rope{};  ///< rope.dim <= head_dim (partial rotary allowed)
@@ -45,11 +47,14 @@ struct gqa_config {
   cache_layout layout(index_t layers = 1) const { return {2 * kv_heads * head_dim, 0, layers}; }
 };
 
+/// The four projections of a gqa layer (shapes in the file comment), any weight format.
 template <class Format>
 struct gqa_weights {
   qmatrix<Format> q_proj, k_proj, v_proj, o_proj;
 };
 
+/// A grouped-query attention layer over a KV cache of `CacheFormat` records (see the file
+/// comment). One instance per layer; one call at a time.
 template <class Backend, class WeightFormat, class CacheFormat = cache_bf16>
 class gqa {
   static_assert(cpu_backend<Backend>, "attn::gqa: only the CPU backend is implemented");
@@ -57,6 +62,7 @@ class gqa {
  public:
   using arch = typename Backend::arch;
 
+  /// Takes the weights; throws moela::error for an invalid config or a weight of the wrong shape.
   gqa(const gqa_config& cfg, gqa_weights<WeightFormat> w) : cfg_(cfg), w_(std::move(w)) {
     cfg_.validate();
     const index_t H = cfg_.heads, KV = cfg_.kv_heads, d = cfg_.head_dim;
@@ -74,6 +80,8 @@ class gqa {
   const gqa_config& config() const { return cfg_; }
   std::size_t cache_bytes_per_token() const { return CacheFormat::record_bytes(2 * cfg_.kv_heads * cfg_.head_dim, 0); }
 
+  /// One step of a single-layer model: prepares the cache for `chunks`, runs the layer
+  /// (forward_layer with layer 0) and commits, or rolls back and rethrows on error.
   template <kv_cache Cache>
   void forward(Cache& cache, std::span<const seq_chunk> chunks, const_view<float, 2> x, tensor_view<float, 2> out) {
     cache.prepare(chunks);
@@ -86,6 +94,11 @@ class gqa {
     cache.commit();
   }
 
+  /// `out [T, hidden]` = attention of `x [T, hidden]` (the chunks' new tokens, concatenated)
+  /// for cache layer `layer`, inside a step the caller prepared: writes the new tokens' K and V
+  /// records, attends causally over each sequence's cached and new tokens. Errors
+  /// (moela::error): a cache layout or layer that does not fit, shapes, chunks that do not
+  /// match the step or pass the RoPE table's positions.
   template <kv_cache Cache>
   void forward_layer(Cache& cache, index_t layer, std::span<const seq_chunk> chunks, const_view<float, 2> x,
                      tensor_view<float, 2> out) {

@@ -67,8 +67,16 @@ namespace detail {
 /// Bookkeeping shared by both caches: lengths, pending chunk sizes, live flags.
 class seq_table {
  public:
-  index_t length(index_t s) const { return len_[static_cast<std::size_t>(s)]; }
-  index_t pending(index_t s) const { return pend_[static_cast<std::size_t>(s)]; }
+  /// Committed tokens of live sequence `s`; throws moela::error for a sequence that does not exist.
+  index_t length(index_t s) const {
+    check_live("cache::length", s);
+    return len_[static_cast<std::size_t>(s)];
+  }
+  /// Tokens reserved for `s` by the step in progress (0 outside a step); checked as length().
+  index_t pending(index_t s) const {
+    check_live("cache::pending", s);
+    return pend_[static_cast<std::size_t>(s)];
+  }
   bool live(index_t s) const { return s >= 0 && s < static_cast<index_t>(live_.size()) && live_[static_cast<std::size_t>(s)]; }
   index_t slots() const { return static_cast<index_t>(live_.size()); }
   index_t live_count() const { return static_cast<index_t>(std::count(live_.begin(), live_.end(), true)); }
@@ -90,14 +98,19 @@ template <cache_format Format>
 class contiguous_cache : public detail::seq_table {
  public:
   using format = Format;
+  /// `max_sequences` slots of `capacity` tokens, each holding `layout.layers` records per
+  /// token; a sequence may not reach position `max_positions` (the model's RoPE limit).
+  /// Allocates the whole slab. Errors (moela::error): an invalid layout, a count < 1, a slab
+  /// whose size overflows.
   contiguous_cache(cache_layout layout, index_t max_sequences, index_t capacity,
                    index_t max_positions = std::numeric_limits<index_t>::max())
       : layout_(layout), capacity_(capacity), max_positions_(max_positions) {
     layout.validate("contiguous_cache");
-    check(max_sequences > 0 && capacity > 0, "contiguous_cache: max_sequences and capacity must be positive (got ",
-          max_sequences, ", ", capacity, ")");
+    check(max_sequences > 0 && capacity > 0 && max_positions > 0,
+          "contiguous_cache: max_sequences, capacity and max_positions must be positive (got ", max_sequences, ", ",
+          capacity, ", ", max_positions, ")");
     rec_ = Format::record_bytes(layout.a, layout.b);
-    pool_ = tensor<std::byte, 1>({max_sequences * capacity * layout.layers * static_cast<index_t>(rec_)});
+    pool_ = tensor<std::byte, 1>({checked_product<index_t>("contiguous_cache", max_sequences, capacity, layout.layers, rec_)});
     len_.assign(static_cast<std::size_t>(max_sequences), 0);
     pend_.assign(static_cast<std::size_t>(max_sequences), 0);
     live_.assign(static_cast<std::size_t>(max_sequences), false);
@@ -194,16 +207,21 @@ class paged_cache : public detail::seq_table {
   using format = Format;
   static constexpr index_t default_page_size = 64;
 
+  /// A pool of `pages` pages of `page_size` tokens (each token `layout.layers` records); a
+  /// sequence may not reach position `max_positions` (the model's RoPE limit). Allocates the
+  /// whole pool. Errors (moela::error): an invalid layout, a count < 1, more than 2^31 - 1
+  /// pages, a pool whose size overflows.
   paged_cache(cache_layout layout, index_t pages, index_t page_size = default_page_size,
               index_t max_positions = std::numeric_limits<index_t>::max())
       : layout_(layout), pages_(pages), page_size_(page_size), max_positions_(max_positions) {
     layout.validate("paged_cache");
-    check(pages > 0 && page_size > 0, "paged_cache: pages and page_size must be positive (got ", pages, ", ",
-          page_size, ")");
+    check(pages > 0 && page_size > 0 && max_positions > 0,
+          "paged_cache: pages, page_size and max_positions must be positive (got ", pages, ", ", page_size, ", ",
+          max_positions, ")");
     check(pages <= std::numeric_limits<std::int32_t>::max(), "paged_cache: too many pages (", pages, ")");
     rec_ = Format::record_bytes(layout.a, layout.b);
-    page_bytes_ = static_cast<std::size_t>(page_size * layout.layers) * rec_;
-    pool_ = tensor<std::byte, 1>({pages * static_cast<index_t>(page_bytes_)});
+    page_bytes_ = checked_product<std::size_t>("paged_cache", page_size, layout.layers, rec_);
+    pool_ = tensor<std::byte, 1>({checked_product<index_t>("paged_cache", pages, page_size, layout.layers, rec_)});
     free_.reserve(static_cast<std::size_t>(pages));
     for (index_t p = pages; p-- > 0;) free_.push_back(static_cast<std::int32_t>(p));
   }
@@ -222,8 +240,11 @@ class paged_cache : public detail::seq_table {
     const auto used = static_cast<std::size_t>(pages_ - free_pages());
     return used * page_bytes_ + used * sizeof(std::int32_t);
   }
-  /// Pages held by sequence `s`.
-  index_t pages_of(index_t s) const { return static_cast<index_t>(tables_[static_cast<std::size_t>(s)].size()); }
+  /// Pages held by live sequence `s` (checked as length()).
+  index_t pages_of(index_t s) const {
+    check_live("paged_cache::pages_of", s);
+    return static_cast<index_t>(tables_[static_cast<std::size_t>(s)].size());
+  }
 
   index_t add_sequence() {
     check(!in_step(), "paged_cache::add_sequence: a step is in progress (commit or rollback first)");
@@ -304,6 +325,7 @@ class paged_cache : public detail::seq_table {
   }
   index_t pending_length(index_t s) const { return length(s) + pending(s); }
 
+  /// Record of (layer, sequence, position), for a position below pending_length(s); unchecked.
   std::byte* record(index_t layer, index_t s, index_t pos) {
     const auto page = tables_[static_cast<std::size_t>(s)][static_cast<std::size_t>(pos / page_size_)];
     return pool_.data() + static_cast<std::size_t>(page) * page_bytes_ +

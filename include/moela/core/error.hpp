@@ -2,9 +2,11 @@
 /// \file moela/core/error.hpp
 /// The one exception type moela throws, and the checks that build its messages.
 
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace moela {
@@ -36,6 +38,27 @@ template <class... Args>
 template <class... Args>
 inline void check(bool cond, Args&&... args) {
   if (!cond) [[unlikely]] detail::throw_error(std::forward<Args>(args)...);
+}
+
+/// The product of the non-negative `factors`, or a moela::error "`who`: size overflows (...)"
+/// when it does not fit in `T` (sizes and byte counts computed from user input).
+template <class T, class... F>
+T checked_product(const char* who, F... factors) {
+  static_assert(std::is_integral_v<T>);
+  T r = 1;
+  const T v[] = {static_cast<T>(factors)...};
+  for (T f : v)
+    if (f != 0 && r > std::numeric_limits<T>::max() / f) {
+      std::ostringstream os;
+      os << who << ": size overflows (";
+      const char* sep = "";
+      ((os << sep << factors, sep = " x "), ...);
+      os << ")";
+      throw error(os.str());
+    } else {
+      r *= f;
+    }
+  return r;
 }
 
 }  // namespace moela

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <memory>
 #include <new>
 #include <ostream>
@@ -354,9 +355,13 @@ class tensor {
   }
 
   void allocate() {
-    index_t n = 1;
-    for (auto e : shape_) n *= e;
-    const std::size_t bytes = sizeof(T) * static_cast<std::size_t>(n);
+    index_t n = std::find(shape_.begin(), shape_.end(), index_t{0}) == shape_.end() ? 1 : 0;
+    for (auto e : shape_) {
+      check(n == 0 || n <= std::numeric_limits<index_t>::max() / e, "tensor: shape ", to_string(shape_),
+            " has more elements than an index_t holds");
+      n *= e;
+    }
+    const std::size_t bytes = checked_product<std::size_t>("tensor", sizeof(T), n);
     const std::size_t padded = std::max<std::size_t>(
         storage_alignment, (bytes + storage_alignment - 1) / storage_alignment * storage_alignment);
     data_ = detail::allocate_storage(padded);
@@ -396,6 +401,26 @@ void check_same_shape(const char* op, const char* a_name, const tensor_view<T, R
                       const tensor_view<U, Rank>& b) {
   check(a.shape() == b.shape(), op, ": ", a_name, " has shape ", to_string(a.shape()), " but ", b_name,
         " has shape ", to_string(b.shape()), " (they must match)");
+}
+
+/// True when the memory spans of `a` and `b` (from the first to the last element each can
+/// reach through its strides) share a byte. Empty views overlap nothing.
+template <class T, class U, std::size_t Rank>
+bool memory_overlaps(const tensor_view<T, Rank>& a, const tensor_view<U, Rank>& b) {
+  auto span_of = [](const auto& v, std::uintptr_t& lo, std::uintptr_t& hi) {
+    index_t last = 0;
+    for (std::size_t d = 0; d < Rank; ++d) {
+      if (v.extent(d) == 0) return false;
+      last += (v.extent(d) - 1) * std::max<index_t>(v.stride(d), 0);
+    }
+    using E = std::remove_cv_t<std::remove_reference_t<decltype(*v.data())>>;
+    lo = reinterpret_cast<std::uintptr_t>(v.data());
+    hi = lo + static_cast<std::uintptr_t>(last + 1) * sizeof(E);
+    return true;
+  };
+  std::uintptr_t alo = 0, ahi = 0, blo = 0, bhi = 0;
+  if (!span_of(a, alo, ahi) || !span_of(b, blo, bhi)) return false;
+  return alo < bhi && blo < ahi;
 }
 
 /// A view of `shape` (row-major, or with explicit `strides`) over a buffer of known size,

@@ -36,9 +36,12 @@ struct dispatch_plan {
   index_t experts() const { return static_cast<index_t>(offsets.size()) - 1; }
   index_t count(index_t e) const { return offsets[static_cast<std::size_t>(e + 1)] - offsets[static_cast<std::size_t>(e)]; }
 
-  /// Counting sort of `r`'s pairs by expert. Throws if an id is outside `[0, E)`.
+  /// Counting sort of `r`'s pairs by expert. Throws moela::error if an id is outside `[0, E)`
+  /// or `r.topk_weight`'s shape differs from `r.topk_idx`'s.
   void build(const routing& r, index_t E) {
     const index_t T = r.tokens(), K = r.k(), n = T * K;
+    check(r.topk_weight.shape() == r.topk_idx.shape(), "moe::dispatch_plan: topk_weight is ",
+          to_string(r.topk_weight.shape()), " but topk_idx is ", to_string(r.topk_idx.shape()));
     tokens = T;
     k = K;
     offsets.assign(static_cast<std::size_t>(E + 1), 0);
@@ -68,9 +71,13 @@ struct dispatch_plan {
     }
   }
 
-  /// `xs[p, :] = x[token[p], :]` for every sorted position p (parallel over positions).
+  /// `xs[p, :] = x[token[p], :]` for every sorted position p (parallel over positions). x:
+  /// `[tokens, D]` (the rows the plan was built for), xs: at least `[tokens * k, D]`; other
+  /// shapes throw moela::error.
   void gather(tensor_view<float, 2> xs, const_view<float, 2> x) const {
     const index_t n = tokens * k, D = x.extent(1);
+    check(x.extent(0) == tokens, "moe::dispatch_plan::gather: x has ", x.extent(0), " rows but the plan routes ",
+          tokens, " tokens");
     check(xs.extent(0) >= n && xs.extent(1) == D, "moe::dispatch_plan::gather: xs is ", to_string(xs.shape()),
           " but at least [", n, ", ", D, "] is needed");
     parallel_for(

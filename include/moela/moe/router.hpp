@@ -208,9 +208,12 @@ void route_token(const moe_config& cfg, std::span<const float> logits, std::span
 }  // namespace detail
 
 /// Routes every row of `logits [T, E]` into `out` (resized to `[T, K]` / `[T, E]`), parallel
-/// over tokens. `bias` is `[E]` or empty. The policies must match `cfg` (the router checks).
+/// over tokens. `bias` is `[E]` or empty. `cfg` is validated (moe_config::validate); that the
+/// policies match it is the router's check. Errors (moela::error): an invalid config, logits
+/// not `[T, E]` with contiguous rows, a bias of another length.
 template <class Scoring, class GroupLimit>
 void select_experts(const moe_config& cfg, const_view<float, 2> logits, std::span<const float> bias, routing& out) {
+  cfg.validate();
   const index_t T = logits.extent(0), E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
   check(logits.extent(1) == E, "moe::select_experts: logits are ", to_string(logits.shape()), " but the config has ",
         E, " experts");

@@ -39,7 +39,8 @@
 ///    (M > 4), since rounding them to bf16 is then exact.
 ///
 /// Shapes: x `[M, K]`, y `[M, N]` with K = W.cols(), N = W.rows(); y's rows must be contiguous.
-/// Errors (`moela::error`): shape mismatch (message names the shapes), empty W.
+/// Errors (`moela::error`): shape mismatch (message names the shapes), empty W, y overlapping x
+/// in memory.
 /// Threads: `moela::parallel_for` (see set_num_threads). Memory: no allocation per call. What a
 /// call needs besides y (a copy of bf16 or non-contiguous x as fp32 rows, quantized activations,
 /// the kernels' packed panels) lives in buffers of the calling thread, grown on first use to the
@@ -73,6 +74,8 @@ void check_matmul_shapes(const tensor_view<float, 2>& y, const tensor_view<const
         w.cols(), "])");
   check(y.rows_contiguous(), "matmul: y ", to_string(y.shape()), " must have contiguous rows (stride ",
         y.stride(1), ")");
+  check(!memory_overlaps(y, x), "matmul: y ", to_string(y.shape()), " overlaps x ", to_string(x.shape()),
+        " in memory (the output is written while x is read; use another buffer)");
 }
 
 /// x as fp32 rows of stride `ldx`: x's own data when it already is that (fp32, rows contiguous),

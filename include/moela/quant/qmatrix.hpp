@@ -80,15 +80,19 @@ class qmatrix {
   // ---- owning construction -------------------------------------------------------------------
 
   /// Owns `codes` (`[N, K]`, int4: `[N, K/2]` bytes) and, for scaled formats, `scales` (shape as
-  /// in formats.hpp) and, for asymmetric int4, `zeros`. `cols` is K (needed for int4; for the
-  /// other formats it may be -1 = codes' extent).
+  /// in formats.hpp) and, for asymmetric int4, `zeros`. `cols` is K: -1 takes it from the codes
+  /// (int4: twice their width); otherwise it must match them (int4: K / 2 bytes per row).
+  /// Errors (moela::error): codes, scales or zeros of the wrong shape for the format.
   explicit qmatrix(tensor<code_type, 2> codes, tensor<scale_type, 2> scales = {},
                    tensor<std::uint8_t, 2> zeros = {}, index_t cols = -1) {
     auto st = std::make_shared<storage>();
     st->codes = std::move(codes);
     st->scales = std::move(scales);
     st->zeros = std::move(zeros);
-    const index_t k = cols >= 0 ? cols : (Format::packed4 ? 2 * st->codes.extent(1) : st->codes.extent(1));
+    const index_t width = st->codes.extent(1);
+    const index_t k = cols >= 0 ? cols : (Format::packed4 ? 2 * width : width);
+    check(cols < 0 || (Format::packed4 ? (k + 1) / 2 : k) == width, "qmatrix: cols = ", cols, " does not match codes of shape ",
+          to_string(st->codes.shape()), Format::packed4 ? " (int4: two codes per byte)" : "");
     init(st->codes.cview(), st->scales.cview(), st->zeros.cview(), k, "qmatrix");
     keep_ = std::move(st);
   }
@@ -294,6 +298,8 @@ class qmatrix {
     rows_ = n;
     cols_ = k;
     codes_ = codes.data();
+    check(codes.extent(1) >= code_cols(), op, ": codes of shape ", to_string(codes.shape()), " hold fewer than the ",
+          code_cols(), " codes per row that K = ", k, " needs");
     code_ld_ = n > 1 ? codes.stride(0) : code_cols();
     check(code_ld_ >= code_cols(), op, ": code row stride ", code_ld_, " is smaller than the row length ",
           code_cols());
