@@ -110,11 +110,22 @@ TEST_CASE("config: Hugging Face defaults for absent fields") {
   const auto c2 = parse_config(R"({"model_type": "deepseek_v2", "n_routed_experts": null})");
   CHECK_FALSE(c2.has_moe());
   CHECK_FALSE(c2.is_moe_layer(5));
-  // mscale_all_dim absent: no softmax correction (HF remote code), cos/sin ratio 1.
+  // mscale_all_dim absent (0): no softmax correction (HF remote code). mscale defaults to 1, so
+  // the cos/sin magnitude mscale_fn(40, 1) / mscale_fn(40, 0) = 0.1 ln 40 + 1 = 1.368887945.
   const auto y = parse_config(
       R"({"model_type": "deepseek_v3", "rope_scaling": {"rope_type": "yarn", "factor": 40}})");
+  CHECK(y.rope_scaling.mscale == 1.0);
   CHECK(y.rope_scaling.mscale_all_dim == 0.0);
   CHECK(y.softmax_scale() == doctest::Approx(1.0 / std::sqrt(192.0)));
+  CHECK(moela::io::yarn_mscale(y.rope_scaling.factor, y.rope_scaling.mscale) /
+            moela::io::yarn_mscale(y.rope_scaling.factor, y.rope_scaling.mscale_all_dim) ==
+        doctest::Approx(1.368887945).epsilon(1e-9));
+  // null is absent: the same defaults.
+  const auto yn = parse_config(R"({"model_type": "deepseek_v3", "rope_scaling": {"rope_type": "yarn", "factor": 40,
+    "mscale": null, "mscale_all_dim": null, "beta_fast": null}})");
+  CHECK(yn.rope_scaling.mscale == 1.0);
+  CHECK(yn.rope_scaling.mscale_all_dim == 0.0);
+  CHECK(yn.rope_scaling.beta_fast == 32.0);
   // eos as a list, the misspelt "gready" of DeepSeek's remote code.
   const auto e = parse_config(R"({"model_type": "deepseek_v3", "eos_token_id": [1, 7], "topk_method": "noaux_tc"})");
   CHECK(e.eos_token_ids == std::vector<std::int64_t>{1, 7});
@@ -124,6 +135,7 @@ TEST_CASE("config: Hugging Face defaults for absent fields") {
 TEST_CASE("config: errors name the file and the field") {
   struct bad_case {
     std::string from, to, field;
+    bool grouped = false;  // applied to V2-Lite with topk_method group_limited_greedy
   };
   const bad_case cases[] = {
       {"\"deepseek_v2\"", "\"llama\"", "model_type"},
@@ -131,8 +143,8 @@ TEST_CASE("config: errors name the file and the field") {
       {"\"hidden_size\": 2048", "\"hidden_size\": -3", "hidden_size"},
       {"\"hidden_size\": 2048", "\"hidden_size\": 20.5", "hidden_size"},
       {"\"qk_rope_head_dim\": 64", "\"qk_rope_head_dim\": 63", "qk_rope_head_dim"},
-      {"\"n_group\": 1", "\"n_group\": 3", "n_group"},
-      {"\"topk_group\": 1", "\"topk_group\": 2", "topk_group"},
+      {"\"n_group\": 1", "\"n_group\": 3", "n_group", true},
+      {"\"topk_group\": 1", "\"topk_group\": 2", "topk_group", true},
       {"\"num_experts_per_tok\": 6", "\"num_experts_per_tok\": 65", "num_experts_per_tok"},
       {"\"scoring_func\": \"softmax\"", "\"scoring_func\": \"relu\"", "scoring_func"},
       {"\"topk_method\": \"greedy\"", "\"topk_method\": \"best\"", "topk_method"},
@@ -150,7 +162,8 @@ TEST_CASE("config: errors name the file and the field") {
   };
   for (const auto& bc : cases) {
     CAPTURE(bc.to);
-    const std::string msg = error_of(with(v2_lite, bc.from, bc.to));
+    const std::string base = bc.grouped ? with(v2_lite, "\"greedy\"", "\"group_limited_greedy\"") : v2_lite;
+    const std::string msg = error_of(with(base, bc.from, bc.to));
     CHECK(msg.find("cfg.json") != std::string::npos);
     CHECK(msg.find("'" + bc.field + "'") != std::string::npos);
   }
@@ -163,4 +176,30 @@ TEST_CASE("config: errors name the file and the field") {
                     "weight_block_size": [128]}})")
             .find("weight_block_size") != std::string::npos);
   CHECK_THROWS_AS((void)moela::io::load_config("/nonexistent/dir"), moela::error);
+}
+
+TEST_CASE("config: n_group / topk_group are checked only for the group-limited methods") {
+  // 12 of 64 experts with 8 groups of 8 and one group kept: greedy ignores the groups (HF and
+  // moe_config::validate), so the config is valid; group_limited_greedy and noaux_tc would allow
+  // only 8 experts per token.
+  // (V2-Lite has topk_group 1 already.)
+  const std::string greedy = with(with(v2_lite, "\"n_group\": 1", "\"n_group\": 8"), "\"num_experts_per_tok\": 6",
+                                  "\"num_experts_per_tok\": 12");
+  const auto g = parse_config(greedy, "cfg.json");
+  CHECK(g.topk_method == "greedy");
+  CHECK(g.n_group == 8);
+  CHECK(g.topk_group == 1);
+  CHECK(g.num_experts_per_tok == 12);
+  CHECK(parse_config(with(greedy, "\"greedy\"", "\"gready\""), "cfg.json").topk_method == "greedy");
+  // greedy accepts even groups that do not divide the experts.
+  CHECK_NOTHROW((void)parse_config(with(greedy, "\"n_group\": 8", "\"n_group\": 5"), "cfg.json"));
+  for (const char* method : {"\"group_limited_greedy\"", "\"noaux_tc\""}) {
+    CAPTURE(method);
+    const std::string msg = error_of(with(greedy, "\"greedy\"", method));
+    CHECK(msg.find("cfg.json") != std::string::npos);
+    CHECK(msg.find("'num_experts_per_tok'") != std::string::npos);
+    CHECK(msg.find("(12)") != std::string::npos);
+    CHECK(msg.find("topk_group 1") != std::string::npos);
+    CHECK(msg.find("n_group 8") != std::string::npos);
+  }
 }

@@ -6,13 +6,74 @@
 /// Derived quantities: `qk_head_dim() = nope_dim + rope_dim`, `latent_width() = kv_rank +
 /// rope_dim` (values cached per token per layer), `softmax_scale() = qk_head_dim^-0.5 *
 /// mscale_fn(factor, mscale_all_dim)^2`.
+///
+/// `hf_mla_defaults_for(model_type)` is the one table of the values Hugging Face gives the
+/// attention fields a config.json leaves out; `mla_config_from_hf` (mla_loader.hpp) and
+/// `io::parse_config` (io/config.hpp) both take their defaults from it.
 
 #include <cstddef>
+#include <optional>
+#include <string_view>
 
 #include "moela/attention/rope.hpp"
 #include "moela/core/error.hpp"
 
 namespace moela::attn {
+
+/// Hugging Face's value for each attention field of config.json that is absent or null, for
+/// one `model_type`. A size (hidden_size, num_attention_heads, kv_lora_rank, the head dims,
+/// max_position_embeddings) of 0 means "no default": the reader requires the field.
+/// `hf_mla_defaults_for` gives the rows; see there.
+struct hf_mla_defaults {
+  index_t hidden_size = 0;
+  index_t num_attention_heads = 0;
+  index_t q_lora_rank = 1536;  ///< when absent; an explicit null means 0 (no query compression)
+  index_t kv_lora_rank = 0;
+  index_t qk_nope_head_dim = 0;
+  index_t qk_rope_head_dim = 0;
+  index_t v_head_dim = 0;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  index_t max_position_embeddings = 0;
+  // Inside a present `rope_scaling` (YaRN; its `factor` has no default):
+  index_t original_max_position_embeddings = 4096;
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double mscale = 1.0;          ///< cos/sin magnitude = mscale_fn(s, mscale) / mscale_fn(s, mscale_all_dim)
+  double mscale_all_dim = 0.0;  ///< 0: no softmax-scale correction
+};
+
+/// The defaults of the attention fields, by `model_type` (transformers' DeepseekV2Config /
+/// DeepseekV3Config and DeepSeek's remote code for rope_scaling):
+/// | field | deepseek_v2 | deepseek_v3 | "" (no model_type) |
+/// |---|---|---|---|
+/// | hidden_size / num_attention_heads | 4096 / 32 | 7168 / 128 | required |
+/// | q_lora_rank (absent; null = 0) | 1536 | 1536 | 1536 |
+/// | kv_lora_rank | 512 | 512 | required |
+/// | qk_nope / qk_rope / v_head_dim | 128 / 64 / 128 | 128 / 64 / 128 | required |
+/// | rms_norm_eps / rope_theta | 1e-6 / 10000 | 1e-6 / 10000 | 1e-6 / 10000 |
+/// | max_position_embeddings | 2048 | 4096 | required |
+/// | rope_scaling: original_max_position_embeddings | 4096 | 4096 | 4096 |
+/// | rope_scaling: beta_fast / beta_slow | 32 / 1 | 32 / 1 | 32 / 1 |
+/// | rope_scaling: mscale / mscale_all_dim | 1 / 0 | 1 / 0 | 1 / 0 |
+/// The "" row serves `mla_config_from_hf` on a config without `model_type` (io::parse_config
+/// requires one); any other model_type gives nullopt.
+constexpr std::optional<hf_mla_defaults> hf_mla_defaults_for(std::string_view model_type) {
+  hf_mla_defaults d;
+  if (model_type == "deepseek_v2" || model_type == "deepseek_v3") {
+    const bool v3 = model_type == "deepseek_v3";
+    d.hidden_size = v3 ? 7168 : 4096;
+    d.num_attention_heads = v3 ? 128 : 32;
+    d.kv_lora_rank = 512;
+    d.qk_nope_head_dim = 128;
+    d.qk_rope_head_dim = 64;
+    d.v_head_dim = 128;
+    d.max_position_embeddings = v3 ? 4096 : 2048;
+    return d;
+  }
+  if (model_type.empty()) return d;
+  return std::nullopt;
+}
 
 struct mla_config {
   index_t hidden = 0;    ///< hidden_size (D)

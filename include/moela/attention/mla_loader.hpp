@@ -2,10 +2,10 @@
 /// \file moela/attention/mla_loader.hpp
 /// Building an MLA layer from a Hugging Face DeepSeek checkpoint.
 ///
-/// - `mla_config_from_hf(json)`: reads `hidden_size`, `num_attention_heads`, `q_lora_rank`
-///   (null or absent = 0), `kv_lora_rank`, `qk_nope_head_dim`, `qk_rope_head_dim`, `v_head_dim`,
-///   `rms_norm_eps`, `rope_theta`, `max_position_embeddings` and `rope_scaling` (YaRN when its
-///   `type` / `rope_type` is "yarn"). Missing required fields throw `moela::error`.
+/// - `mla_config_from_hf(json)`: reads `hidden_size`, `num_attention_heads`, `q_lora_rank`,
+///   `kv_lora_rank`, `qk_nope_head_dim`, `qk_rope_head_dim`, `v_head_dim`, `rms_norm_eps`,
+///   `rope_theta`, `max_position_embeddings` and `rope_scaling` (YaRN) with the same defaults
+///   and the same null handling as `io::parse_config`: see the function.
 /// - `load_mla_weights<Format>(file, prefix, cfg)`: reads `<prefix>q_proj.weight` or
 ///   `<prefix>q_a_proj.weight`, `q_a_layernorm`, `q_b_proj`, `kv_a_proj_with_mqa`,
 ///   `kv_a_layernorm`, `kv_b_proj`, `o_proj` (prefix e.g. `"model.layers.0.self_attn."`),
@@ -22,6 +22,8 @@
 /// attn::mla<cpu<>, quant::bf16, attn::cache_bf16> layer(cfg, attn::load_mla_weights<quant::bf16>(f, "model.layers.0.self_attn.", cfg));
 /// ```
 
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -33,35 +35,97 @@
 
 namespace moela::attn {
 
+namespace detail {
+/// Throws "mla_config_from_hf: config field '<field>' <why...>".
+template <class... Why>
+[[noreturn]] void hf_field_error(const std::string& field, const Why&... why) {
+  fail("mla_config_from_hf: config field '", field, "' ", why...);
+}
+}  // namespace detail
+
+/// The MLA shape and RoPE of a Hugging Face DeepSeek `config.json`, read exactly as
+/// `io::parse_config` followed by `to_mla_config` (model/parts.hpp) reads them:
+/// - a field that is absent or null takes the value of `hf_mla_defaults_for(model_type)`
+///   (attention/config.hpp): for `deepseek_v2` / `deepseek_v3` every field has a default
+///   (V3: hidden 7168, 128 heads, q_lora_rank 1536, kv_lora_rank 512, 128 / 64 / 128 head dims,
+///   max_position_embeddings 4096); without `model_type` the sizes (hidden_size,
+///   num_attention_heads, kv_lora_rank, the three head dims, max_position_embeddings) must be
+///   given, and the rest takes the same defaults;
+/// - `q_lora_rank`: absent = 1536 (Hugging Face's default), an explicit null = 0 (no query
+///   compression, the `q_proj` path of V2-Lite);
+/// - `rope_scaling`: absent or null = plain RoPE; otherwise an object whose `rope_type` (or
+///   else `type`) is "yarn" and with a `factor`; its other fields, absent or null, default to
+///   original_max_position_embeddings 4096, beta_fast 32, beta_slow 1, mscale 1,
+///   mscale_all_dim 0 (so the cos/sin magnitude is mscale_fn(factor, 1), 1.368887945 at
+///   factor 40, and the softmax scale has no correction).
+/// Integers may be written as integral floats (2048.0). Throws moela::error naming the field for
+/// an unknown model_type, a missing required size, a mistyped value or a rope_scaling that is
+/// not YaRN; the result is validated.
 inline mla_config mla_config_from_hf(const nlohmann::json& j) {
-  auto need = [&](const char* k) -> const nlohmann::json& {
-    check(j.contains(k) && j[k].is_number(), "mla_config_from_hf: config has no numeric '", k, "'");
-    return j[k];
+  check(j.is_object(), "mla_config_from_hf: config is not a JSON object");
+  auto present = [](const nlohmann::json& o, const char* k) { return o.contains(k) && !o[k].is_null(); };
+  auto string = [&](const nlohmann::json& o, const std::string& field, const char* k) -> std::string {
+    if (!present(o, k)) return "";
+    if (!o[k].is_string()) detail::hf_field_error(field, "must be a string, got ", o[k].dump());
+    return o[k].get<std::string>();
   };
+  // An integer of `o`; `dflt` when absent or null, where a `required` default of 0 means none.
+  auto integer = [&](const nlohmann::json& o, const std::string& field, const char* k, index_t dflt,
+                     bool required = false) -> index_t {
+    if (!present(o, k)) {
+      if (required && dflt == 0) fail("mla_config_from_hf: config has no '", field, "'");
+      return dflt;
+    }
+    const auto& v = o[k];
+    if (v.is_number_integer()) return static_cast<index_t>(v.get<std::int64_t>());
+    if (v.is_number_float()) {
+      const double x = v.get<double>();
+      if (std::isfinite(x) && x == std::floor(x) && std::fabs(x) < 9.0e15) return static_cast<index_t>(x);
+    }
+    detail::hf_field_error(field, "must be an integer, got ", v.dump());
+  };
+  auto number = [&](const nlohmann::json& o, const std::string& field, const char* k, double dflt) -> double {
+    if (!present(o, k)) return dflt;
+    if (!o[k].is_number()) detail::hf_field_error(field, "must be a number, got ", o[k].dump());
+    return o[k].get<double>();
+  };
+
+  const std::string model_type = string(j, "model_type", "model_type");
+  const auto d = hf_mla_defaults_for(model_type);
+  if (!d) detail::hf_field_error("model_type", "is '", model_type, "' (expected deepseek_v2 or deepseek_v3)");
+
   mla_config c;
-  c.hidden = need("hidden_size").get<index_t>();
-  c.heads = need("num_attention_heads").get<index_t>();
-  c.q_rank = j.contains("q_lora_rank") && j["q_lora_rank"].is_number() ? j["q_lora_rank"].get<index_t>() : 0;
-  c.kv_rank = need("kv_lora_rank").get<index_t>();
-  c.nope_dim = need("qk_nope_head_dim").get<index_t>();
-  c.rope_dim = need("qk_rope_head_dim").get<index_t>();
-  c.v_dim = need("v_head_dim").get<index_t>();
-  c.rms_eps = j.contains("rms_norm_eps") ? j["rms_norm_eps"].get<float>() : 1e-6f;
+  c.hidden = integer(j, "hidden_size", "hidden_size", d->hidden_size, true);
+  c.heads = integer(j, "num_attention_heads", "num_attention_heads", d->num_attention_heads, true);
+  c.q_rank = j.contains("q_lora_rank") && j["q_lora_rank"].is_null()
+                 ? 0
+                 : integer(j, "q_lora_rank", "q_lora_rank", d->q_lora_rank);
+  c.kv_rank = integer(j, "kv_lora_rank", "kv_lora_rank", d->kv_lora_rank, true);
+  c.nope_dim = integer(j, "qk_nope_head_dim", "qk_nope_head_dim", d->qk_nope_head_dim, true);
+  c.rope_dim = integer(j, "qk_rope_head_dim", "qk_rope_head_dim", d->qk_rope_head_dim, true);
+  c.v_dim = integer(j, "v_head_dim", "v_head_dim", d->v_head_dim, true);
+  c.rms_eps = static_cast<float>(number(j, "rms_norm_eps", "rms_norm_eps", d->rms_norm_eps));
   c.rope.dim = c.rope_dim;
-  c.rope.theta = j.contains("rope_theta") ? j["rope_theta"].get<double>() : 10000.0;
-  c.rope.max_positions = need("max_position_embeddings").get<index_t>();
-  if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) {
+  c.rope.theta = number(j, "rope_theta", "rope_theta", d->rope_theta);
+  c.rope.max_positions =
+      integer(j, "max_position_embeddings", "max_position_embeddings", d->max_position_embeddings, true);
+  if (present(j, "rope_scaling")) {
     const auto& r = j["rope_scaling"];
-    std::string type = r.contains("type") ? r["type"].get<std::string>()
-                                          : (r.contains("rope_type") ? r["rope_type"].get<std::string>() : "");
-    check(type == "yarn", "mla_config_from_hf: rope_scaling type '", type, "' is not supported (only 'yarn')");
+    if (!r.is_object()) detail::hf_field_error("rope_scaling", "must be an object or null, got ", r.dump());
+    // transformers writes "rope_type", older configs "type".
+    const std::string type = present(r, "rope_type") ? string(r, "rope_scaling.rope_type", "rope_type")
+                                                     : string(r, "rope_scaling.type", "type");
+    if (type.empty()) detail::hf_field_error("rope_scaling.type", "is missing");
+    if (type != "yarn") detail::hf_field_error("rope_scaling.type", "is '", type, "'; only 'yarn' is supported");
+    if (!present(r, "factor")) detail::hf_field_error("rope_scaling.factor", "is missing");
     c.rope.yarn = true;
-    c.rope.factor = r.value("factor", 1.0);
-    c.rope.original_max_positions = r.value("original_max_position_embeddings", index_t{4096});
-    c.rope.beta_fast = r.value("beta_fast", 32.0);
-    c.rope.beta_slow = r.value("beta_slow", 1.0);
-    c.rope.mscale = r.value("mscale", 1.0);
-    c.rope.mscale_all_dim = r.value("mscale_all_dim", 0.0);
+    c.rope.factor = number(r, "rope_scaling.factor", "factor", 1.0);
+    c.rope.original_max_positions = integer(r, "rope_scaling.original_max_position_embeddings",
+                                            "original_max_position_embeddings", d->original_max_position_embeddings);
+    c.rope.beta_fast = number(r, "rope_scaling.beta_fast", "beta_fast", d->beta_fast);
+    c.rope.beta_slow = number(r, "rope_scaling.beta_slow", "beta_slow", d->beta_slow);
+    c.rope.mscale = number(r, "rope_scaling.mscale", "mscale", d->mscale);
+    c.rope.mscale_all_dim = number(r, "rope_scaling.mscale_all_dim", "mscale_all_dim", d->mscale_all_dim);
   }
   c.validate();
   return c;

@@ -3,9 +3,14 @@
 /// Hugging Face `config.json` of DeepSeek-V2 / V3 / R1 checkpoints -> `moela::io::model_config`.
 ///
 /// `parse_config(text, label)` reads the JSON text, fills every field of the spec's config
-/// table (§1.1) and applies the defaults Hugging Face applies when a field is absent (per
-/// `model_type`, see `model_config` below), then `validate()`s the result. `load_config(path)`
+/// table (§1.1) and applies the defaults Hugging Face applies when a field is absent or null
+/// (per `model_type`, see `model_config` below), then `validate()`s the result. `load_config(path)`
 /// does the same for a file, or for a directory holding `config.json`.
+///
+/// The defaults of the MoE fields come from `moe::hf_moe_defaults_for` (moe/config.hpp), those
+/// of the attention fields from `attn::hf_mla_defaults_for` (attention/config.hpp): the same
+/// tables `moe::moe_config::from_hf_json` and `attn::mla_config_from_hf` read, so the part
+/// readers and this one agree on every input.
 ///
 /// Errors: broken JSON, an unknown `model_type`, a field of the wrong JSON type, a missing
 /// required value or an inconsistent one (for example `n_routed_experts` not divisible by
@@ -22,8 +27,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "moela/attention/config.hpp"
 #include "moela/core/config.hpp"
 #include "moela/core/error.hpp"
+#include "moela/moe/config.hpp"
 
 namespace moela::io {
 
@@ -49,14 +56,27 @@ struct quantization_config {
   std::string scale_fmt;             ///< "" (fp32 scales) or "ue8m0" (V3.1 / V3.2)
 };
 
+// hidden_size is in both part tables: they must agree.
+static_assert(moe::hf_moe_defaults_for("deepseek_v2")->hidden_size ==
+                  attn::hf_mla_defaults_for("deepseek_v2")->hidden_size &&
+              moe::hf_moe_defaults_for("deepseek_v3")->hidden_size ==
+                  attn::hf_mla_defaults_for("deepseek_v3")->hidden_size,
+              "moe::hf_moe_defaults_for and attn::hf_mla_defaults_for disagree on hidden_size");
+
 /// The YaRN helper of DeepSeek's reference: 1 for s <= 1, else 0.1 * m * ln(s) + 1.
 inline double yarn_mscale(double s, double m) { return s <= 1.0 ? 1.0 : 0.1 * m * std::log(s) + 1.0; }
 
 /// Every config.json field that matters for inference (spec §1.1), with Hugging Face defaults.
 ///
-/// Defaults when a field is absent, by model_type (transformers' DeepseekV2Config /
+/// Defaults when a field is absent or null, by model_type (transformers' DeepseekV2Config /
 /// DeepseekV3Config; where the two disagree with DeepSeek's own remote code the transformers
-/// value is used):
+/// value is used). The MoE rows (hidden_size, moe_intermediate_size, the experts and routing)
+/// are `moe::hf_moe_defaults_for`, the attention rows (heads, ranks, head dims, rms_norm_eps,
+/// rope_theta, max_position_embeddings, rope_scaling) `attn::hf_mla_defaults_for`; the rest is
+/// set here. Null differs from absent for `q_lora_rank` (null = 0, no query compression),
+/// `n_routed_experts` (null = 0, every layer dense), `bos_token_id` (-1) and `eos_token_id`
+/// (none). validate() checks n_group / topk_group only with group_limited_greedy or noaux_tc;
+/// greedy ignores them, as in Hugging Face and `moe::moe_config::validate`.
 /// | field | deepseek_v2 | deepseek_v3 |
 /// |---|---|---|
 /// | vocab_size | 32000 | 129280 |
@@ -64,17 +84,19 @@ inline double yarn_mscale(double s, double m) { return s <= 1.0 ? 1.0 : 0.1 * m 
 /// | moe_intermediate_size | 1407 | 2048 |
 /// | num_hidden_layers / num_attention_heads | 32 / 32 | 61 / 128 |
 /// | num_key_value_heads | = num_attention_heads | 128 |
-/// | q_lora_rank / kv_lora_rank | 1536 / 512 | 1536 / 512 |
+/// | q_lora_rank (null = 0) / kv_lora_rank | 1536 / 512 | 1536 / 512 |
 /// | qk_nope / qk_rope / v_head_dim | 128 / 64 / 128 | 128 / 64 / 128 |
 /// | n_routed_experts / n_shared_experts | 64 / 2 | 256 / 1 |
 /// | num_experts_per_tok | required when MoE | 8 |
 /// | n_group / topk_group | 1 / 1 (null) | 8 / 4 |
-/// | topk_method / scoring_func | greedy / softmax | noaux_tc / sigmoid |
+/// | topk_method / scoring_func | greedy ("gready" too) / softmax | noaux_tc / sigmoid |
 /// | norm_topk_prob / routed_scaling_factor | false / 1.0 | true / 2.5 |
 /// | first_k_dense_replace / moe_layer_freq | 0 / 1 | 3 / 1 |
 /// | max_position_embeddings | 2048 | 4096 |
 /// | bos / eos | 1 / 2 | 0 / 1 |
 /// | rms_norm_eps, rope_theta, hidden_act | 1e-6, 10000, silu | same |
+/// | rope_scaling: original_max_position_embeddings | 4096 | 4096 |
+/// | rope_scaling: beta_fast / beta_slow / mscale / mscale_all_dim | 32 / 1 / 1 / 0 | same |
 struct model_config {
   std::string source = "<config>";  ///< file the config came from (for messages)
   std::string model_type;           ///< "deepseek_v2" or "deepseek_v3"
@@ -96,9 +118,9 @@ struct model_config {
   index_t n_routed_experts = 0;  ///< 0 when null: every layer dense
   index_t n_shared_experts = 0;
   index_t num_experts_per_tok = 0;
-  index_t n_group = 1;
-  index_t topk_group = 1;
-  std::string topk_method;   ///< "greedy", "group_limited_greedy" or "noaux_tc"
+  index_t n_group = 1;       ///< used and checked only with group_limited_greedy / noaux_tc
+  index_t topk_group = 1;    ///< used and checked only with group_limited_greedy / noaux_tc
+  std::string topk_method;   ///< "greedy" (also for "gready"), "group_limited_greedy" or "noaux_tc"
   std::string scoring_func;  ///< "softmax" or "sigmoid"
   bool norm_topk_prob = false;
   double routed_scaling_factor = 1.0;
@@ -212,6 +234,9 @@ inline model_config parse_config(const std::string& text, const std::string& lab
   if (c.model_type != "deepseek_v2" && c.model_type != "deepseek_v3")
     r.bad("model_type", "is '" + c.model_type + "'; moela reads deepseek_v2 and deepseek_v3");
   const bool v3 = c.model_type == "deepseek_v3";
+  // The parts' default tables (one source for every reader of these fields).
+  const moe::hf_moe_defaults md = *moe::hf_moe_defaults_for(c.model_type);
+  const attn::hf_mla_defaults ad = *attn::hf_mla_defaults_for(c.model_type);
 
   if (r.has("architectures")) {
     const auto& a = j.at("architectures");
@@ -223,39 +248,41 @@ inline model_config parse_config(const std::string& text, const std::string& lab
   }
 
   c.vocab_size = r.integer("vocab_size", v3 ? 129280 : 32000);
-  c.hidden_size = r.integer("hidden_size", v3 ? 7168 : 4096);
+  c.hidden_size = r.integer("hidden_size", md.hidden_size);
   c.intermediate_size = r.integer("intermediate_size", v3 ? 18432 : 11008);
-  c.moe_intermediate_size = r.integer("moe_intermediate_size", v3 ? 2048 : 1407);
+  c.moe_intermediate_size = r.integer("moe_intermediate_size", md.moe_intermediate_size);
   c.num_hidden_layers = r.integer("num_hidden_layers", v3 ? 61 : 32);
-  c.num_attention_heads = r.integer("num_attention_heads", v3 ? 128 : 32);
+  c.num_attention_heads = r.integer("num_attention_heads", ad.num_attention_heads);
   c.num_key_value_heads = r.integer("num_key_value_heads", v3 ? 128 : c.num_attention_heads);
   // q_lora_rank: null means "no query compression"; absent means the HF default 1536.
   if (j.contains("q_lora_rank") && j.at("q_lora_rank").is_null()) c.q_lora_rank = 0;
-  else c.q_lora_rank = r.integer("q_lora_rank", 1536);
-  c.kv_lora_rank = r.integer("kv_lora_rank", 512);
-  c.qk_nope_head_dim = r.integer("qk_nope_head_dim", 128);
-  c.qk_rope_head_dim = r.integer("qk_rope_head_dim", 64);
-  c.v_head_dim = r.integer("v_head_dim", 128);
+  else c.q_lora_rank = r.integer("q_lora_rank", ad.q_lora_rank);
+  c.kv_lora_rank = r.integer("kv_lora_rank", ad.kv_lora_rank);
+  c.qk_nope_head_dim = r.integer("qk_nope_head_dim", ad.qk_nope_head_dim);
+  c.qk_rope_head_dim = r.integer("qk_rope_head_dim", ad.qk_rope_head_dim);
+  c.v_head_dim = r.integer("v_head_dim", ad.v_head_dim);
 
   if (j.contains("n_routed_experts") && j.at("n_routed_experts").is_null()) c.n_routed_experts = 0;
-  else c.n_routed_experts = r.integer("n_routed_experts", v3 ? 256 : 64);
-  c.n_shared_experts = r.integer("n_shared_experts", v3 ? 1 : 2);
-  c.num_experts_per_tok = r.integer("num_experts_per_tok", v3 ? 8 : 0);
-  c.n_group = r.integer("n_group", v3 ? 8 : 1);
-  c.topk_group = r.integer("topk_group", v3 ? 4 : 1);
-  c.topk_method = r.string("topk_method", v3 ? "noaux_tc" : "greedy");
-  if (c.topk_method == "gready") c.topk_method = "greedy";  // the misspelt default of DeepSeek's remote code
-  c.scoring_func = r.string("scoring_func", v3 ? "sigmoid" : "softmax");
-  c.norm_topk_prob = r.boolean("norm_topk_prob", v3);
-  c.routed_scaling_factor = r.number("routed_scaling_factor", v3 ? 2.5 : 1.0);
+  else c.n_routed_experts = r.integer("n_routed_experts", md.n_routed_experts);
+  c.n_shared_experts = r.integer("n_shared_experts", md.n_shared_experts);
+  c.num_experts_per_tok = r.integer("num_experts_per_tok", md.num_experts_per_tok);
+  c.n_group = r.integer("n_group", md.n_group);
+  c.topk_group = r.integer("topk_group", md.topk_group);
+  // Known spellings (the misspelt "gready" of DeepSeek's remote code included) are stored in
+  // their canonical form; an unknown one is kept for validate() to report.
+  c.topk_method = r.string("topk_method", moe::to_string(md.topk_method));
+  if (const auto rule = moe::topk_rule_from_hf(c.topk_method)) c.topk_method = moe::to_string(*rule);
+  c.scoring_func = r.string("scoring_func", moe::to_string(md.scoring_func));
+  c.norm_topk_prob = r.boolean("norm_topk_prob", md.norm_topk_prob);
+  c.routed_scaling_factor = r.number("routed_scaling_factor", md.routed_scaling_factor);
   c.first_k_dense_replace = r.integer("first_k_dense_replace", v3 ? 3 : 0);
   c.moe_layer_freq = r.integer("moe_layer_freq", 1);
 
   c.hidden_act = r.string("hidden_act", "silu");
-  c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
-  c.rope_theta = r.number("rope_theta", 10000.0);
+  c.rms_norm_eps = r.number("rms_norm_eps", ad.rms_norm_eps);
+  c.rope_theta = r.number("rope_theta", ad.rope_theta);
   c.rope_interleave = r.boolean("rope_interleave", true);
-  c.max_position_embeddings = r.integer("max_position_embeddings", v3 ? 4096 : 2048);
+  c.max_position_embeddings = r.integer("max_position_embeddings", ad.max_position_embeddings);
   c.attention_bias = r.boolean("attention_bias", false);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   c.bos_token_id = r.integer("bos_token_id", v3 ? 0 : 1);
@@ -285,11 +312,12 @@ inline model_config parse_config(const std::string& text, const std::string& lab
     try {
       if (!rr.has("factor")) r.bad(field("factor"), "is missing");
       c.rope_scaling.factor = rr.number("factor", 1.0);
-      c.rope_scaling.original_max_position_embeddings = rr.integer("original_max_position_embeddings", 4096);
-      c.rope_scaling.beta_fast = rr.number("beta_fast", 32.0);
-      c.rope_scaling.beta_slow = rr.number("beta_slow", 1.0);
-      c.rope_scaling.mscale = rr.number("mscale", 1.0);
-      c.rope_scaling.mscale_all_dim = rr.number("mscale_all_dim", 0.0);
+      c.rope_scaling.original_max_position_embeddings =
+          rr.integer("original_max_position_embeddings", ad.original_max_position_embeddings);
+      c.rope_scaling.beta_fast = rr.number("beta_fast", ad.beta_fast);
+      c.rope_scaling.beta_slow = rr.number("beta_slow", ad.beta_slow);
+      c.rope_scaling.mscale = rr.number("mscale", ad.mscale);
+      c.rope_scaling.mscale_all_dim = rr.number("mscale_all_dim", ad.mscale_all_dim);
     } catch (const moela::error& e) {
       // The nested reader names the key only; say it lives under rope_scaling.
       std::string m = e.what();
@@ -378,19 +406,24 @@ inline void model_config::validate() const {
     if (num_experts_per_tok <= 0) bad("num_experts_per_tok", "must be set (positive) when n_routed_experts is set");
     if (num_experts_per_tok > n_routed_experts)
       bad("num_experts_per_tok", "(", num_experts_per_tok, ") exceeds n_routed_experts (", n_routed_experts, ")");
-    if (n_group <= 0) bad("n_group", "must be positive, got ", n_group);
-    if (n_routed_experts % n_group != 0)
-      bad("n_group", "(", n_group, ") must divide n_routed_experts (", n_routed_experts, ")");
-    if (topk_group <= 0 || topk_group > n_group)
-      bad("topk_group", "must be in [1, n_group = ", n_group, "], got ", topk_group);
-    if (num_experts_per_tok > topk_group * (n_routed_experts / n_group))
-      bad("num_experts_per_tok", "(", num_experts_per_tok, ") exceeds the experts in topk_group groups (",
-          topk_group * (n_routed_experts / n_group), ")");
-    if (topk_method != "greedy" && topk_method != "group_limited_greedy" && topk_method != "noaux_tc")
-      bad("topk_method", "is '", topk_method, "'; expected greedy, group_limited_greedy or noaux_tc");
-    if (topk_method == "noaux_tc" && n_routed_experts / n_group < 2)
-      bad("n_group", "leaves fewer than 2 experts per group, which noaux_tc's top-2 group score needs");
-    if (scoring_func != "softmax" && scoring_func != "sigmoid")
+    const auto rule = moe::topk_rule_from_hf(topk_method);
+    if (!rule) bad("topk_method", "is '", topk_method, "'; expected greedy, group_limited_greedy or noaux_tc");
+    // As moe::moe_config::validate: greedy ignores n_group / topk_group (HF), so only the
+    // group-limited methods check them.
+    if (moe::uses_groups(*rule)) {
+      if (n_group <= 0) bad("n_group", "must be positive, got ", n_group);
+      if (n_routed_experts % n_group != 0)
+        bad("n_group", "(", n_group, ") must divide n_routed_experts (", n_routed_experts, ")");
+      if (topk_group <= 0 || topk_group > n_group)
+        bad("topk_group", "must be in [1, n_group = ", n_group, "], got ", topk_group);
+      if (num_experts_per_tok > topk_group * (n_routed_experts / n_group))
+        bad("num_experts_per_tok", "(", num_experts_per_tok, ") exceeds the experts in topk_group groups (",
+            topk_group * (n_routed_experts / n_group), " = topk_group ", topk_group, " x ",
+            n_routed_experts / n_group, " experts in each of n_group ", n_group, ")");
+      if (*rule == moe::topk_rule::noaux_tc && n_group > 1 && n_routed_experts / n_group < 2)
+        bad("n_group", "leaves fewer than 2 experts per group, which noaux_tc's top-2 group score needs");
+    }
+    if (!moe::score_fn_from_hf(scoring_func))
       bad("scoring_func", "is '", scoring_func, "'; expected softmax or sigmoid");
     if (!std::isfinite(routed_scaling_factor) || routed_scaling_factor <= 0.0)
       bad("routed_scaling_factor", "must be positive, got ", routed_scaling_factor);

@@ -22,9 +22,17 @@
 /// - `noaux_tc` (V3): the selection uses `score + e_score_correction_bias`, and the group score
 ///   is the sum of the two largest biased scores in the group.
 /// With `n_group == 1` the group step keeps every expert, whatever the method.
+///
+/// Defaults: `hf_moe_defaults_for(model_type)` is the one table of the values Hugging Face
+/// gives the MoE fields a config.json leaves out. `moe_config::from_hf_json` and
+/// `io::parse_config` (io/config.hpp) both take their defaults from it, and both read the
+/// `topk_method` / `scoring_func` spellings with `topk_rule_from_hf` / `score_fn_from_hf`.
 
 #include <cmath>
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -51,6 +59,72 @@ inline const char* to_string(topk_rule r) {
   return "?";
 }
 
+/// The `scoring_func` spellings of config.json; nullopt for an unknown one.
+constexpr std::optional<score_fn> score_fn_from_hf(std::string_view s) {
+  if (s == "softmax") return score_fn::softmax;
+  if (s == "sigmoid") return score_fn::sigmoid;
+  return std::nullopt;
+}
+/// The `topk_method` spellings of config.json; nullopt for an unknown one. "gready", the
+/// (misspelt) default of DeepSeek's own remote code, is an alias of greedy.
+constexpr std::optional<topk_rule> topk_rule_from_hf(std::string_view s) {
+  if (s == "greedy" || s == "gready") return topk_rule::greedy;
+  if (s == "group_limited_greedy") return topk_rule::group_limited_greedy;
+  if (s == "noaux_tc") return topk_rule::noaux_tc;
+  return std::nullopt;
+}
+/// Whether the method reads `n_group` / `topk_group` (group_limited_greedy, noaux_tc). greedy
+/// ignores both, as in Hugging Face, so they are neither used nor checked with it.
+constexpr bool uses_groups(topk_rule r) { return r != topk_rule::greedy; }
+
+/// Hugging Face's value for each MoE field of config.json that is absent or null, for one
+/// `model_type`. For the four sizes (hidden_size, n_routed_experts, num_experts_per_tok,
+/// moe_intermediate_size) 0 means "no default": the reader requires the field.
+/// `hf_moe_defaults_for` gives the rows; see there.
+struct hf_moe_defaults {
+  index_t hidden_size = 0;
+  index_t n_routed_experts = 0;  ///< an explicit null is not "absent": it means no MoE layers
+  index_t num_experts_per_tok = 0;
+  index_t moe_intermediate_size = 0;
+  index_t n_shared_experts = 0;
+  index_t n_group = 1;
+  index_t topk_group = 1;
+  score_fn scoring_func = score_fn::softmax;
+  topk_rule topk_method = topk_rule::greedy;
+  bool norm_topk_prob = false;
+  double routed_scaling_factor = 1.0;
+};
+
+/// The defaults of the MoE fields, by `model_type` (transformers' DeepseekV2Config /
+/// DeepseekV3Config; DeepSeek's remote code agrees on these except that its V2 leaves the
+/// shapes unset and spells greedy "gready"):
+/// | field | deepseek_v2 | deepseek_v3 | "" (no model_type) |
+/// |---|---|---|---|
+/// | hidden_size | 4096 | 7168 | required |
+/// | n_routed_experts | 64 | 256 | required |
+/// | num_experts_per_tok | required | 8 | required |
+/// | moe_intermediate_size | 1407 | 2048 | required |
+/// | n_shared_experts | 2 | 1 | 0 |
+/// | n_group / topk_group | 1 / 1 (HF: null) | 8 / 4 | 1 / 1 |
+/// | scoring_func / topk_method | softmax / greedy | sigmoid / noaux_tc | softmax / greedy |
+/// | norm_topk_prob / routed_scaling_factor | false / 1.0 | true / 2.5 | false / 1.0 |
+/// The "" row serves `moe_config::from_hf_json` on a config without `model_type` (io::parse_config
+/// requires one); any other model_type gives nullopt.
+constexpr std::optional<hf_moe_defaults> hf_moe_defaults_for(std::string_view model_type) {
+  if (model_type == "deepseek_v2")
+    return hf_moe_defaults{.hidden_size = 4096, .n_routed_experts = 64, .num_experts_per_tok = 0,
+                           .moe_intermediate_size = 1407, .n_shared_experts = 2, .n_group = 1, .topk_group = 1,
+                           .scoring_func = score_fn::softmax, .topk_method = topk_rule::greedy,
+                           .norm_topk_prob = false, .routed_scaling_factor = 1.0};
+  if (model_type == "deepseek_v3")
+    return hf_moe_defaults{.hidden_size = 7168, .n_routed_experts = 256, .num_experts_per_tok = 8,
+                           .moe_intermediate_size = 2048, .n_shared_experts = 1, .n_group = 8, .topk_group = 4,
+                           .scoring_func = score_fn::sigmoid, .topk_method = topk_rule::noaux_tc,
+                           .norm_topk_prob = true, .routed_scaling_factor = 2.5};
+  if (model_type.empty()) return hf_moe_defaults{};
+  return std::nullopt;
+}
+
 struct moe_config {
   index_t hidden_size = 0;
   index_t n_routed_experts = 0;
@@ -69,10 +143,10 @@ struct moe_config {
   /// Whether the layer has (and needs) an `e_score_correction_bias`.
   bool has_bias() const { return topk_method == topk_rule::noaux_tc; }
   /// Whether the group-limited step can exclude experts.
-  bool group_limited() const { return topk_method != topk_rule::greedy && n_group > 1 && topk_group < n_group; }
+  bool group_limited() const { return uses_groups(topk_method) && n_group > 1 && topk_group < n_group; }
   /// Experts the group limit allows per token (E when there is no limit).
   index_t allowed_experts() const {
-    return topk_method == topk_rule::greedy ? n_routed_experts : topk_group * (n_routed_experts / n_group);
+    return uses_groups(topk_method) ? topk_group * (n_routed_experts / n_group) : n_routed_experts;
   }
 
   /// Throws moela::error naming the first offending field.
@@ -87,7 +161,7 @@ struct moe_config {
     if (n_shared_experts < 0) bad("n_shared_experts must be >= 0, got ", n_shared_experts);
     if (!(std::isfinite(routed_scaling_factor) && routed_scaling_factor > 0))
       bad("routed_scaling_factor must be finite and positive, got ", routed_scaling_factor);
-    if (topk_method == topk_rule::greedy) return;  // n_group / topk_group unused
+    if (!uses_groups(topk_method)) return;  // greedy: n_group / topk_group unused
     if (n_group <= 0) bad("n_group must be positive, got ", n_group);
     if (n_routed_experts % n_group != 0)
       bad("n_group (", n_group, ") does not divide n_routed_experts (", n_routed_experts, ")");
@@ -102,53 +176,83 @@ struct moe_config {
           ") leaves ", n_routed_experts / n_group, " expert per group");
   }
 
-  /// Reads the MoE fields of a Hugging Face DeepSeek `config.json` (V2, V2-Lite, V3, R1).
-  /// Absent or null optional fields take HF's meaning: n_group / topk_group 1, scoring_func
-  /// softmax, topk_method greedy, norm_topk_prob false, routed_scaling_factor 1,
-  /// n_shared_experts 0. The result is validated.
+  /// Reads the MoE fields of a Hugging Face DeepSeek `config.json` (V2, V2-Lite, V3, R1) with
+  /// the same defaults as `io::parse_config`: a field that is absent or null takes the value of
+  /// `hf_moe_defaults_for(model_type)`. So for `deepseek_v3` an absent routing field means
+  /// sigmoid / noaux_tc / norm_topk_prob true / routed_scaling_factor 2.5 / n_group 8 /
+  /// topk_group 4, for `deepseek_v2` softmax / greedy / false / 1.0 / 1 / 1; sizes default too
+  /// (V3: hidden_size 7168, n_routed_experts 256, num_experts_per_tok 8, ...), except V2's
+  /// num_experts_per_tok, which must be given. Without `model_type` the routing fields take the
+  /// V2 meaning, n_shared_experts is 0 and the four sizes (hidden_size, n_routed_experts,
+  /// num_experts_per_tok, moe_intermediate_size) must be given. `topk_method` "gready" reads
+  /// as greedy. Integers may be written as integral floats (2048.0), as io accepts them.
+  /// Throws moela::error naming the field for: an unknown model_type, a missing required size,
+  /// `n_routed_experts: null` (a model without MoE layers), a mistyped value, an unknown
+  /// scoring_func / topk_method. The result is validated.
   static moe_config from_hf_json(const nlohmann::json& j) {
-    auto need = [&](const char* key) -> const nlohmann::json& {
-      check(j.contains(key) && !j[key].is_null(), "moe_config: config.json has no '", key, "'");
-      return j[key];
-    };
+    check(j.is_object(), "moe_config: config.json is not a JSON object");
     auto opt = [&](const char* key) -> const nlohmann::json* {
       return j.contains(key) && !j[key].is_null() ? &j[key] : nullptr;
     };
-    auto integer = [&](const nlohmann::json& v, const char* key) -> index_t {
-      check(v.is_number_integer(), "moe_config: config.json field '", key, "' must be an integer, got ", v.dump());
-      return v.get<index_t>();
+    auto string = [&](const char* key) -> std::string {
+      const auto* v = opt(key);
+      if (v == nullptr) return "";
+      check(v->is_string(), "moe_config: config.json field '", key, "' must be a string, got ", v->dump());
+      return v->get<std::string>();
     };
+    const std::string model_type = string("model_type");
+    const auto d = hf_moe_defaults_for(model_type);
+    check(d.has_value(), "moe_config: config.json field 'model_type' is '", model_type,
+          "' (expected deepseek_v2 or deepseek_v3)");
+    // An integer field; `dflt` when absent or null, where a default of 0 (`required`) means none.
+    auto integer = [&](const char* key, index_t dflt, bool required = false) -> index_t {
+      const auto* v = opt(key);
+      if (v == nullptr) {
+        check(!(required && dflt == 0), "moe_config: config.json has no '", key, "'");
+        return dflt;
+      }
+      if (v->is_number_integer()) return static_cast<index_t>(v->get<std::int64_t>());
+      if (v->is_number_float()) {
+        const double x = v->get<double>();
+        if (std::isfinite(x) && x == std::floor(x) && std::fabs(x) < 9.0e15) return static_cast<index_t>(x);
+      }
+      fail("moe_config: config.json field '", key, "' must be an integer, got ", v->dump());
+    };
+    check(!(j.contains("n_routed_experts") && j["n_routed_experts"].is_null()),
+          "moe_config: config.json field 'n_routed_experts' is null (a model without MoE layers)");
     moe_config c;
-    c.hidden_size = integer(need("hidden_size"), "hidden_size");
-    c.n_routed_experts = integer(need("n_routed_experts"), "n_routed_experts");
-    c.num_experts_per_tok = integer(need("num_experts_per_tok"), "num_experts_per_tok");
-    c.moe_intermediate_size = integer(need("moe_intermediate_size"), "moe_intermediate_size");
-    if (auto* v = opt("n_group")) c.n_group = integer(*v, "n_group");
-    if (auto* v = opt("topk_group")) c.topk_group = integer(*v, "topk_group");
-    if (auto* v = opt("n_shared_experts")) c.n_shared_experts = integer(*v, "n_shared_experts");
+    c.hidden_size = integer("hidden_size", d->hidden_size, true);
+    c.n_routed_experts = integer("n_routed_experts", d->n_routed_experts, true);
+    c.num_experts_per_tok = integer("num_experts_per_tok", d->num_experts_per_tok, true);
+    c.moe_intermediate_size = integer("moe_intermediate_size", d->moe_intermediate_size, true);
+    c.n_shared_experts = integer("n_shared_experts", d->n_shared_experts);
+    c.n_group = integer("n_group", d->n_group);
+    c.topk_group = integer("topk_group", d->topk_group);
+    c.norm_topk_prob = d->norm_topk_prob;
     if (auto* v = opt("norm_topk_prob")) {
       check(v->is_boolean(), "moe_config: config.json field 'norm_topk_prob' must be a boolean, got ", v->dump());
       c.norm_topk_prob = v->get<bool>();
     }
+    c.routed_scaling_factor = static_cast<float>(d->routed_scaling_factor);
     if (auto* v = opt("routed_scaling_factor")) {
       check(v->is_number(), "moe_config: config.json field 'routed_scaling_factor' must be a number, got ",
             v->dump());
-      c.routed_scaling_factor = v->get<float>();
+      c.routed_scaling_factor = static_cast<float>(v->get<double>());
     }
+    c.scoring_func = d->scoring_func;
     if (auto* v = opt("scoring_func")) {
       const std::string s = v->is_string() ? v->get<std::string>() : v->dump();
-      if (s == "softmax") c.scoring_func = score_fn::softmax;
-      else if (s == "sigmoid") c.scoring_func = score_fn::sigmoid;
-      else fail("moe_config: config.json field 'scoring_func' is '", s, "' (expected softmax or sigmoid)");
+      const auto f = v->is_string() ? score_fn_from_hf(s) : std::nullopt;
+      check(f.has_value(), "moe_config: config.json field 'scoring_func' is '", s, "' (expected softmax or sigmoid)");
+      c.scoring_func = *f;
     }
+    c.topk_method = d->topk_method;
     if (auto* v = opt("topk_method")) {
       const std::string s = v->is_string() ? v->get<std::string>() : v->dump();
-      if (s == "greedy") c.topk_method = topk_rule::greedy;
-      else if (s == "group_limited_greedy") c.topk_method = topk_rule::group_limited_greedy;
-      else if (s == "noaux_tc") c.topk_method = topk_rule::noaux_tc;
-      else
-        fail("moe_config: config.json field 'topk_method' is '", s,
-             "' (expected greedy, group_limited_greedy or noaux_tc)");
+      const auto r = v->is_string() ? topk_rule_from_hf(s) : std::nullopt;
+      check(r.has_value(), "moe_config: config.json field 'topk_method' is '", s,
+            "' (expected greedy, group_limited_greedy or noaux_tc)");
+      c.topk_method = *r;
     }
     c.validate();
     return c;
