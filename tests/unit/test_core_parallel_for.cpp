@@ -70,7 +70,7 @@ TEST_CASE("parallel_for: every index exactly once, for every size, grain and thr
   CHECK(visit_counts(-5, 0, bad).empty());  // negative n: no call
 }
 
-TEST_CASE("parallel_for: static split: one chunk per thread, chunk c is [c n / t, (c + 1) n / t)") {
+TEST_CASE("parallel_for: static split: one chunk per thread, chunk c from c n / t to (c + 1) n / t") {
   moela::set_num_threads(4);
   std::mutex mu;
   std::vector<std::pair<index_t, index_t>> chunks;
