@@ -196,8 +196,12 @@ TEST_CASE("check_extent_match accepts owning tensors too") {
 TEST_CASE("tensor: a shape whose element count overflows is an error") {
   const index_t big = index_t{1} << 32;
   CHECK_THROWS_WITH_AS((moela::tensor<float, 2>({big, big})),
-                       "tensor: shape [4294967296, 4294967296] has more elements than an index_t holds", moela::error);
-  CHECK(moela::tensor<float, 3>({big, big, 0}).size() == 0);  // an empty extent: nothing to allocate
+                       "tensor: shape [4294967296, 4294967296] is too large (the product of its non-zero extents "
+                       "does not fit in index_t)",
+                       moela::error);
+  // Also with a zero extent: its size is 0, but its strides would overflow.
+  CHECK_THROWS_AS((moela::tensor<float, 3>({0, big, big})), moela::error);
+  CHECK(moela::tensor<float, 3>({big, 4, 0}).size() == 0);  // an empty extent: nothing to allocate
 }
 
 TEST_CASE("memory_overlaps: spans through the strides, empty views overlap nothing") {

@@ -355,12 +355,16 @@ class tensor {
   }
 
   void allocate() {
-    index_t n = std::find(shape_.begin(), shape_.end(), index_t{0}) == shape_.end() ? 1 : 0;
+    // The product of the non-zero extents must fit (so that size() and the strides, which
+    // multiply extents in some order, never overflow, even for a shape with a zero extent).
+    index_t n = 1;
     for (auto e : shape_) {
-      check(n == 0 || n <= std::numeric_limits<index_t>::max() / e, "tensor: shape ", to_string(shape_),
-            " has more elements than an index_t holds");
+      if (e == 0) continue;
+      check(n <= std::numeric_limits<index_t>::max() / e, "tensor: shape ", to_string(shape_),
+            " is too large (the product of its non-zero extents does not fit in index_t)");
       n *= e;
     }
+    if (std::find(shape_.begin(), shape_.end(), index_t{0}) != shape_.end()) n = 0;
     const std::size_t bytes = checked_product<std::size_t>("tensor", sizeof(T), n);
     const std::size_t padded = std::max<std::size_t>(
         storage_alignment, (bytes + storage_alignment - 1) / storage_alignment * storage_alignment);
