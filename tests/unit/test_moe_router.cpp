@@ -602,6 +602,14 @@ TEST_CASE("moe_config: from_hf_json takes io::parse_config's defaults, per model
                          doctest::Contains("num_experts_per_tok"), moela::error);
     CHECK(hf_json_error(R"({"model_type": "deepseek_v3", "topk_method": 3})").find("'topk_method'") !=
           std::string::npos);
+    // A model_config made by hand with a spelling config.json cannot hold: an error, not greedy.
+    auto mc = io::parse_config(R"({"model_type": "deepseek_v3"})");
+    mc.topk_method = "top_k";
+    CHECK_THROWS_WITH_AS((void)to_moe_config(mc), doctest::Contains("to_moe_config: topk_method 'top_k'"), moela::error);
+    mc.topk_method = "gready";
+    CHECK(to_moe_config(mc).topk_method == topk_rule::greedy);
+    mc.scoring_func = "relu";
+    CHECK_THROWS_WITH_AS((void)to_moe_config(mc), doctest::Contains("to_moe_config: scoring_func 'relu'"), moela::error);
   }
 }
 

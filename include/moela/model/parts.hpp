@@ -11,6 +11,7 @@
 /// | `mla_attention<Backend, Format, CacheFormat>` | attn::mla | `self_attn.*` |
 /// | `dense_mlp<Backend, Format>` | moe::dense_ffn | `mlp.{gate,up,down}_proj` |
 /// | `moe_mlp<Backend, Format, Router>` | moe::moe_layer | `mlp.gate.*`, `mlp.experts.*`, `mlp.shared_experts.*` |
+/// | `gqa_attention<Backend, Format, CacheFormat>` | attn::gqa | `self_attn.{q,k,v,o}_proj` (Llama-style names) |
 ///
 /// Also: `to_mla_config(model_config)` and `to_moe_config(model_config)` map config.json onto
 /// the parts' own configs.
@@ -53,7 +54,8 @@ inline attn::mla_config to_mla_config(const io::model_config& c) {
   return m;
 }
 
-/// The routing and expert shapes of a config.
+/// The routing and expert shapes of a config. Throws moela::error for a `scoring_func` or
+/// `topk_method` that config.json cannot hold (a model_config made by hand).
 inline moe::moe_config to_moe_config(const io::model_config& c) {
   moe::moe_config m;
   m.hidden_size = c.hidden_size;
@@ -61,10 +63,14 @@ inline moe::moe_config to_moe_config(const io::model_config& c) {
   m.num_experts_per_tok = c.num_experts_per_tok;
   m.n_group = c.n_group;
   m.topk_group = c.topk_group;
-  m.scoring_func = c.scoring_func == "sigmoid" ? moe::score_fn::sigmoid : moe::score_fn::softmax;
-  m.topk_method = c.topk_method == "noaux_tc"               ? moe::topk_rule::noaux_tc
-                  : c.topk_method == "group_limited_greedy" ? moe::topk_rule::group_limited_greedy
-                                                            : moe::topk_rule::greedy;
+  // The spellings io::parse_config accepts; a hand-made config with another one is an error.
+  const auto scoring = moe::score_fn_from_hf(c.scoring_func);
+  const auto method = moe::topk_rule_from_hf(c.topk_method);
+  check(scoring.has_value(), "to_moe_config: scoring_func '", c.scoring_func, "' (expected softmax or sigmoid)");
+  check(method.has_value(), "to_moe_config: topk_method '", c.topk_method,
+        "' (expected greedy, group_limited_greedy or noaux_tc)");
+  m.scoring_func = *scoring;
+  m.topk_method = *method;
   m.norm_topk_prob = c.norm_topk_prob;
   m.routed_scaling_factor = static_cast<float>(c.routed_scaling_factor);
   m.n_shared_experts = c.n_shared_experts;
