@@ -1,7 +1,8 @@
 // Composition 1: a DeepSeek-V3 model spelled out from moela's parts, with the weight format and
 // cache type chosen at compile time: FP8 128x128-block weights used in place from the checkpoint
 // (zero copy), the V3 router policy (sigmoid scores, top-2-sum group limit) fixed at compile
-// time, and an FP8 latent cache (656-byte-style records: 1 byte per latent value plus a scale).
+// time, and an FP8 latent cache (per token and layer: 1 byte per latent value, the RoPE key in
+// bf16 and one f32 scale; 644 bytes at V3's shape).
 // It loads the shipped FP8 checkpoint of the tiny-fortunes model (a DeepSeek-V3 architecture)
 // and continues a prompt greedily.
 //

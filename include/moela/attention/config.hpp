@@ -5,7 +5,7 @@
 ///
 /// Derived quantities: `qk_head_dim() = nope_dim + rope_dim`, `latent_width() = kv_rank +
 /// rope_dim` (values cached per token per layer), `softmax_scale() = qk_head_dim^-0.5 *
-/// mscale_fn(factor, mscale_all_dim)^2`.
+/// yarn_mscale(factor, mscale_all_dim)^2`.
 ///
 /// `hf_mla_defaults_for(model_type)` is the one table of the values Hugging Face gives the
 /// attention fields a config.json leaves out; `mla_config_from_hf` (mla_loader.hpp) and
@@ -39,7 +39,7 @@ struct hf_mla_defaults {
   index_t original_max_position_embeddings = 4096;
   double beta_fast = 32.0;
   double beta_slow = 1.0;
-  double mscale = 1.0;          ///< cos/sin magnitude = mscale_fn(s, mscale) / mscale_fn(s, mscale_all_dim)
+  double mscale = 1.0;          ///< cos/sin magnitude = yarn_mscale(s, mscale) / yarn_mscale(s, mscale_all_dim)
   double mscale_all_dim = 0.0;  ///< 0: no softmax-scale correction
 };
 

@@ -56,7 +56,7 @@ template <class... Why>
 /// - `rope_scaling`: absent or null = plain RoPE; otherwise an object whose `rope_type` (or
 ///   else `type`) is "yarn" and with a `factor`; its other fields, absent or null, default to
 ///   original_max_position_embeddings 4096, beta_fast 32, beta_slow 1, mscale 1,
-///   mscale_all_dim 0 (so the cos/sin magnitude is mscale_fn(factor, 1), 1.368887945 at
+///   mscale_all_dim 0 (so the cos/sin magnitude is yarn_mscale(factor, 1), 1.368887945 at
 ///   factor 40, and the softmax scale has no correction).
 /// Integers may be written as integral floats (2048.0). Throws moela::error naming the field for
 /// an unknown model_type, a missing required size, a mistyped value or a rope_scaling that is

@@ -11,8 +11,8 @@
 ///   (computed in double), the ramp and the blend in FP32, exactly as spec §4.2.
 /// - cos/sin: `angle = fp32(p) * theta'_i` (FP32), then cos and sin of that FP32 angle are
 ///   evaluated in double and rounded once; both are multiplied by
-///   `mscale_fn(factor, mscale) / mscale_fn(factor, mscale_all_dim)` (1 for all released configs).
-/// - Softmax scale: `softmax_scale(qk_head_dim, cfg) = qk_head_dim^-0.5 * mscale_fn(factor,
+///   `yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)` (1 for all released configs).
+/// - Softmax scale: `softmax_scale(qk_head_dim, cfg) = qk_head_dim^-0.5 * yarn_mscale(factor,
 ///   mscale_all_dim)^2` (double), the YaRN temperature correction (spec §4.5).
 ///
 /// YaRN applies at every position whenever it is configured, independent of the sequence length.
@@ -98,13 +98,13 @@ inline std::vector<float> rope_inv_freq(const rope_config& c) {
   return f;
 }
 
-/// The factor applied to cos and sin: mscale_fn(s, mscale) / mscale_fn(s, mscale_all_dim).
+/// The factor applied to cos and sin: yarn_mscale(s, mscale) / yarn_mscale(s, mscale_all_dim).
 inline double rope_magnitude(const rope_config& c) {
   if (!c.yarn) return 1.0;
   return yarn_mscale(c.factor, c.mscale) / yarn_mscale(c.factor, c.mscale_all_dim);
 }
 
-/// qk_head_dim^-0.5 * mscale_fn(factor, mscale_all_dim)^2 (double; apply as an FP32 constant).
+/// qk_head_dim^-0.5 * yarn_mscale(factor, mscale_all_dim)^2 (double; apply as an FP32 constant).
 inline double softmax_scale(index_t qk_head_dim, const rope_config& c) {
   check(qk_head_dim > 0, "softmax_scale: qk_head_dim must be positive, got ", qk_head_dim);
   double s = 1.0 / std::sqrt(static_cast<double>(qk_head_dim));

@@ -5,9 +5,9 @@
 ///
 /// A header-only library inherits the user's compiler flags: `-march=native` on an AVX-512
 /// machine gives AVX-512 kernels, no flags give SSE2. `build_info()` says which (examples and
-/// benches print it). `check_cpu()` runs automatically before `main` (an ELF constructor
+/// benches print it). An ISA guard runs automatically before `main` (an ELF constructor
 /// compiled for baseline x86-64) in every binary that includes this header on x86 with
-/// GCC/Clang: a missing feature prints
+/// GCC/Clang (`missing_cpu_feature()` gives its answer at run time): a missing feature prints
 ///   `moela: this binary was compiled for AVX512F, which this CPU does not support. ...`
 /// and exits with status MOELA_ISA_GUARD_EXIT_CODE (1 unless defined before the first include),
 /// instead of dying later with SIGILL.

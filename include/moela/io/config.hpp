@@ -63,8 +63,8 @@ static_assert(moe::hf_moe_defaults_for("deepseek_v2")->hidden_size ==
                   attn::hf_mla_defaults_for("deepseek_v3")->hidden_size,
               "moe::hf_moe_defaults_for and attn::hf_mla_defaults_for disagree on hidden_size");
 
-/// The YaRN helper of DeepSeek's reference: 1 for s <= 1, else 0.1 * m * ln(s) + 1.
-inline double yarn_mscale(double s, double m) { return s <= 1.0 ? 1.0 : 0.1 * m * std::log(s) + 1.0; }
+/// The YaRN magnitude function of DeepSeek's reference (attention/rope.hpp), also under io.
+using attn::yarn_mscale;
 
 /// Every config.json field that matters for inference (spec §1.1), with Hugging Face defaults.
 ///
@@ -151,7 +151,7 @@ struct model_config {
   bool is_moe_layer(index_t i) const {
     return n_routed_experts > 0 && i >= first_k_dense_replace && i % moe_layer_freq == 0;
   }
-  /// `qk_head_dim^-0.5 * mscale_fn(factor, mscale_all_dim)^2` (only when mscale_all_dim is set,
+  /// `qk_head_dim^-0.5 * yarn_mscale(factor, mscale_all_dim)^2` (only when mscale_all_dim is set,
   /// as in the reference code).
   double softmax_scale() const {
     double s = 1.0 / std::sqrt(static_cast<double>(qk_head_dim()));

@@ -56,10 +56,10 @@ struct yarn_params {
   float mscale_all_dim = 1.0f;
 };
 
-/// `mscale_fn(s, m) = 1` if `s <= 1`, else `0.1 m ln(s) + 1` (§4.4).
+/// `yarn_mscale(s, m) = 1` if `s <= 1`, else `0.1 m ln(s) + 1` (§4.4).
 MOELA_HOST_DEVICE inline double yarn_mscale(double s, double m) { return s <= 1.0 ? 1.0 : 0.1 * m * log(s) + 1.0; }
 
-/// The factor on cos/sin: `mscale_fn(s, mscale) / mscale_fn(s, mscale_all_dim)` (1 for DeepSeek).
+/// The factor on cos/sin: `yarn_mscale(s, mscale) / yarn_mscale(s, mscale_all_dim)` (1 for DeepSeek).
 MOELA_HOST_DEVICE inline float yarn_cos_sin_factor(const yarn_params& p) {
   return static_cast<float>(yarn_mscale(p.factor, p.mscale) / yarn_mscale(p.factor, p.mscale_all_dim));
 }
@@ -84,7 +84,7 @@ MOELA_HOST_DEVICE inline float yarn_inv_freq(const yarn_params& p, int i) {
   return theta / p.factor * ramp + theta * (1.0f - ramp);
 }
 
-/// Softmax scale with the YaRN temperature correction: `qk_head_dim^-1/2 · mscale_fn(s, m_all)²`.
+/// Softmax scale with the YaRN temperature correction: `qk_head_dim^-1/2 · yarn_mscale(s, m_all)²`.
 MOELA_HOST_DEVICE inline float yarn_softmax_scale(const yarn_params& p, int qk_head_dim) {
   const double m = yarn_mscale(p.factor, p.mscale_all_dim);
   return static_cast<float>(m * m / sqrt(static_cast<double>(qk_head_dim)));
