@@ -129,7 +129,7 @@ TEST_CASE_TEMPLATE("mla: paged == contiguous, bit-identical, for every cache for
   attn::paged_cache<F> p16(attn::mla_cache_layout(f.cfg), 20, 16), p64(attn::mla_cache_layout(f.cfg), 6);
   const index_t a = cc.add_sequence(), b = p16.add_sequence(), c = p64.add_sequence();
   for (auto mode : {attn::mla_mode::absorbed, attn::mla_mode::naive}) {
-    CAPTURE(attn::mode_name(mode));
+    INFO("mode ", std::string(attn::mode_name(mode)));  // std::string: doctest prints a const char* as a pointer
     index_t t = mode == attn::mla_mode::absorbed ? 0 : 70;
     for (index_t n : {67L, 1L, 2L}) {
       tensor<float, 2> o1({n, f.cfg.hidden}), o2({n, f.cfg.hidden}), o3({n, f.cfg.hidden});

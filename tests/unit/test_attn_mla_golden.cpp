@@ -5,6 +5,8 @@
 
 #include "test_attn_support.hpp"
 
+#include <string>
+
 using namespace moela;
 using attn_test::rel_err;
 
@@ -19,7 +21,7 @@ template <class Format>
 void run_layer(const std::string& ckpt, const std::string& expected, int L, attn::mla_mode mode) {
   CAPTURE(ckpt);
   CAPTURE(L);
-  CAPTURE(attn::mode_name(mode));
+  INFO("mode ", std::string(attn::mode_name(mode)));  // std::string: doctest prints a const char* as a pointer
   io::safetensors_file model(attn_test::golden_dir() + "/" + ckpt + "/model.safetensors");
   io::safetensors_file exp(attn_test::golden_dir() + "/" + expected);
   const auto cfg = attn_test::tiny_config(ckpt);

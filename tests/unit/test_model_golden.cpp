@@ -66,7 +66,7 @@ constexpr bounds w8a8_bounds{0.3, -1, 0.98, 0.01};
 template <class Model>
 void check_checkpoint(const std::string& which, attn::mla_mode mode, bounds b = {}) {
   CAPTURE(which);
-  CAPTURE(attn::mode_name(mode));
+  INFO("mode ", std::string(attn::mode_name(mode)));  // std::string: doctest prints a const char* as a pointer
   auto m = load_model<Model>(golden + "/" + which);
   for (auto& l : m.layers()) std::visit([&](auto& layer) { layer.attention().set_mode(mode); }, l);
   io::safetensors_file exp(golden + "/expected-" + which + ".safetensors");

@@ -43,9 +43,12 @@ using deepseek_model =
           decoder_layer<Backend, mla_attention<Backend, Format, CacheFormat>, moe_mlp<Backend, Format>,
                         rms_norm<Backend>>>;
 
+/// How `load_model` builds a model.
 struct load_options {
-  index_t max_positions = 0;  ///< 0: min(max_position_embeddings, 16384)
-  bool progress = true;       ///< progress bar on stderr when it is a terminal
+  /// Longest sequence the model runs (its RoPE tables and every cache made by make_cache are
+  /// sized for it): min(this, the config's max_position_embeddings); 0: min(config, 16384).
+  index_t max_positions = 0;
+  bool progress = true;  ///< progress bar on stderr when it is a terminal
 };
 
 /// The config with the position limit of `o` applied.
@@ -71,7 +74,8 @@ Model load_model(const std::string& dir, const load_options& o = {}) {
   return Model::load(cfg, ckpt, o.progress && bar.enabled() ? &bar : nullptr);
 }
 
-/// The attention part of a model type (its first layer type's).
+/// The attention part of a model type (its first layer type's): `model_attention<M>::cache_layout(cfg)`
+/// is the layout a cache for M needs (see make_cache).
 template <class Model>
 using model_attention = typename std::variant_alternative_t<0, typename Model::layer_variant>::attention_type;
 /// The cache format of a model type.
