@@ -538,5 +538,19 @@ TEST_CASE("mla_config_from_hf: the defaults and null handling of io::parse_confi
     CHECK(mla_hf_error(R"({"hidden_size": 64})").find("'num_attention_heads'") != std::string::npos);
     for (const char* bad : {R"({"type": "yarn", "mscale": "big", "factor": 40})", R"({"type": "yarn"})"})
       CHECK_THROWS_AS((void)io::parse_config(v3 + bad + "}"), moela::error);
+    // What the layer cannot run is rejected by both readers (else silently wrong outputs).
+    for (const std::string& bad : {v3 + R"({"type": "yarn", "factor": 0.5}})",
+                                  std::string(R"({"model_type": "deepseek_v3", "rope_interleave": false})"),
+                                  std::string(R"({"model_type": "deepseek_v3", "attention_bias": true})")}) {
+      CAPTURE(bad);
+      CHECK_FALSE(mla_hf_error(bad).empty());
+      CHECK_THROWS_AS((void)io::parse_config(bad), moela::error);
+    }
+    CHECK(mla_hf_error(R"({"model_type": "deepseek_v3", "rope_interleave": false})").find("'rope_interleave'") !=
+          std::string::npos);
+    CHECK(mla_hf_error(R"({"model_type": "deepseek_v3", "attention_bias": true})").find("'attention_bias'") !=
+          std::string::npos);
+    CHECK(mla_hf_error(v3 + R"({"type": "yarn", "factor": 0.5}})").find("'rope_scaling.factor' must be >= 1") !=
+          std::string::npos);
   }
 }

@@ -59,8 +59,9 @@ template <class... Why>
 ///   mscale_all_dim 0 (so the cos/sin magnitude is yarn_mscale(factor, 1), 1.368887945 at
 ///   factor 40, and the softmax scale has no correction).
 /// Integers may be written as integral floats (2048.0). Throws moela::error naming the field for
-/// an unknown model_type, a missing required size, a mistyped value or a rope_scaling that is
-/// not YaRN; the result is validated.
+/// an unknown model_type, a missing required size, a mistyped value, a rope_scaling that is
+/// not YaRN or has a factor below 1, `rope_interleave: false` or `attention_bias: true` (what
+/// io::parse_config rejects for the attention); the result is validated.
 inline mla_config mla_config_from_hf(const nlohmann::json& j) {
   check(j.is_object(), "mla_config_from_hf: config is not a JSON object");
   auto present = [](const nlohmann::json& o, const char* k) { return o.contains(k) && !o[k].is_null(); };
@@ -126,7 +127,20 @@ inline mla_config mla_config_from_hf(const nlohmann::json& j) {
     c.rope.beta_slow = number(r, "rope_scaling.beta_slow", "beta_slow", d->beta_slow);
     c.rope.mscale = number(r, "rope_scaling.mscale", "mscale", d->mscale);
     c.rope.mscale_all_dim = number(r, "rope_scaling.mscale_all_dim", "mscale_all_dim", d->mscale_all_dim);
+    if (!(c.rope.factor >= 1.0) || !std::isfinite(c.rope.factor))
+      detail::hf_field_error("rope_scaling.factor", "must be >= 1, got ", c.rope.factor);
   }
+  // What this layer cannot run, rejected as io::parse_config rejects it (else the weights would
+  // load and the outputs be silently wrong).
+  auto flag = [&](const char* k, bool dflt) {
+    if (!present(j, k)) return dflt;
+    if (!j[k].is_boolean()) detail::hf_field_error(k, "must be a boolean, got ", j[k].dump());
+    return j[k].get<bool>();
+  };
+  if (!flag("rope_interleave", true))
+    detail::hf_field_error("rope_interleave", "is false; DeepSeek checkpoints store interleaved rotary pairs");
+  if (flag("attention_bias", false))
+    detail::hf_field_error("attention_bias", "is true; DeepSeek models have no attention biases");
   c.validate();
   return c;
 }
