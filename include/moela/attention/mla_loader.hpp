@@ -31,6 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "moela/attention/mla.hpp"
+#include "moela/io/json_value.hpp"
 #include "moela/io/safetensors.hpp"
 
 namespace moela::attn {
@@ -78,11 +79,7 @@ inline mla_config mla_config_from_hf(const nlohmann::json& j) {
       return dflt;
     }
     const auto& v = o[k];
-    if (v.is_number_integer()) return static_cast<index_t>(v.get<std::int64_t>());
-    if (v.is_number_float()) {
-      const double x = v.get<double>();
-      if (std::isfinite(x) && x == std::floor(x) && std::fabs(x) < 9.0e15) return static_cast<index_t>(x);
-    }
+    if (const auto i = io::json_index(v)) return *i;
     detail::hf_field_error(field, "must be an integer, got ", v.dump());
   };
   auto number = [&](const nlohmann::json& o, const std::string& field, const char* k, double dflt) -> double {

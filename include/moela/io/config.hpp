@@ -30,6 +30,7 @@
 #include "moela/attention/config.hpp"
 #include "moela/core/config.hpp"
 #include "moela/core/error.hpp"
+#include "moela/io/json_value.hpp"
 #include "moela/moe/config.hpp"
 
 namespace moela::io {
@@ -182,11 +183,7 @@ class config_reader {
   index_t integer(const char* k, index_t dflt) const {
     if (!has(k)) return dflt;
     const auto& v = j_.at(k);
-    if (v.is_number_integer()) return static_cast<index_t>(v.get<std::int64_t>());
-    if (v.is_number_float()) {
-      const double d = v.get<double>();
-      if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e15) return static_cast<index_t>(d);
-    }
+    if (const auto i = json_index(v)) return *i;
     bad(k, "must be an integer, got " + v.dump());
   }
   double number(const char* k, double dflt) const {
@@ -235,7 +232,7 @@ inline model_config parse_config(const std::string& text, const std::string& lab
     r.bad("model_type", "is '" + c.model_type + "'; moela reads deepseek_v2 and deepseek_v3");
   const bool v3 = c.model_type == "deepseek_v3";
   // The parts' default tables (one source for every reader of these fields).
-  const moe::hf_moe_defaults md = *moe::hf_moe_defaults_for(c.model_type);
+  const moe::moe_config md = *moe::hf_moe_defaults_for(c.model_type);
   const attn::hf_mla_defaults ad = *attn::hf_mla_defaults_for(c.model_type);
 
   if (r.has("architectures")) {

@@ -39,6 +39,7 @@
 #include "moela/core/config.hpp"
 #include "moela/core/error.hpp"
 #include "moela/core/tensor.hpp"
+#include "moela/io/json_value.hpp"
 
 namespace moela::moe {
 
@@ -76,54 +77,6 @@ constexpr std::optional<topk_rule> topk_rule_from_hf(std::string_view s) {
 /// Whether the method reads `n_group` / `topk_group` (group_limited_greedy, noaux_tc). greedy
 /// ignores both, as in Hugging Face, so they are neither used nor checked with it.
 constexpr bool uses_groups(topk_rule r) { return r != topk_rule::greedy; }
-
-/// Hugging Face's value for each MoE field of config.json that is absent or null, for one
-/// `model_type`. For the four sizes (hidden_size, n_routed_experts, num_experts_per_tok,
-/// moe_intermediate_size) 0 means "no default": the reader requires the field.
-/// `hf_moe_defaults_for` gives the rows; see there.
-struct hf_moe_defaults {
-  index_t hidden_size = 0;
-  index_t n_routed_experts = 0;  ///< an explicit null is not "absent": it means no MoE layers
-  index_t num_experts_per_tok = 0;
-  index_t moe_intermediate_size = 0;
-  index_t n_shared_experts = 0;
-  index_t n_group = 1;
-  index_t topk_group = 1;
-  score_fn scoring_func = score_fn::softmax;
-  topk_rule topk_method = topk_rule::greedy;
-  bool norm_topk_prob = false;
-  double routed_scaling_factor = 1.0;
-};
-
-/// The defaults of the MoE fields, by `model_type` (transformers' DeepseekV2Config /
-/// DeepseekV3Config; DeepSeek's remote code agrees on these except that its V2 leaves the
-/// shapes unset and spells greedy "gready"):
-/// | field | deepseek_v2 | deepseek_v3 | "" (no model_type) |
-/// |---|---|---|---|
-/// | hidden_size | 4096 | 7168 | required |
-/// | n_routed_experts | 64 | 256 | required |
-/// | num_experts_per_tok | required | 8 | required |
-/// | moe_intermediate_size | 1407 | 2048 | required |
-/// | n_shared_experts | 2 | 1 | 0 |
-/// | n_group / topk_group | 1 / 1 (HF: null) | 8 / 4 | 1 / 1 |
-/// | scoring_func / topk_method | softmax / greedy | sigmoid / noaux_tc | softmax / greedy |
-/// | norm_topk_prob / routed_scaling_factor | false / 1.0 | true / 2.5 | false / 1.0 |
-/// The "" row serves `moe_config::from_hf_json` on a config without `model_type` (io::parse_config
-/// requires one); any other model_type gives nullopt.
-constexpr std::optional<hf_moe_defaults> hf_moe_defaults_for(std::string_view model_type) {
-  if (model_type == "deepseek_v2")
-    return hf_moe_defaults{.hidden_size = 4096, .n_routed_experts = 64, .num_experts_per_tok = 0,
-                           .moe_intermediate_size = 1407, .n_shared_experts = 2, .n_group = 1, .topk_group = 1,
-                           .scoring_func = score_fn::softmax, .topk_method = topk_rule::greedy,
-                           .norm_topk_prob = false, .routed_scaling_factor = 1.0};
-  if (model_type == "deepseek_v3")
-    return hf_moe_defaults{.hidden_size = 7168, .n_routed_experts = 256, .num_experts_per_tok = 8,
-                           .moe_intermediate_size = 2048, .n_shared_experts = 1, .n_group = 8, .topk_group = 4,
-                           .scoring_func = score_fn::sigmoid, .topk_method = topk_rule::noaux_tc,
-                           .norm_topk_prob = true, .routed_scaling_factor = 2.5};
-  if (model_type.empty()) return hf_moe_defaults{};
-  return std::nullopt;
-}
 
 struct moe_config {
   index_t hidden_size = 0;
@@ -189,74 +142,106 @@ struct moe_config {
   /// Throws moela::error naming the field for: an unknown model_type, a missing required size,
   /// `n_routed_experts: null` (a model without MoE layers), a mistyped value, an unknown
   /// scoring_func / topk_method. The result is validated.
-  static moe_config from_hf_json(const nlohmann::json& j) {
-    check(j.is_object(), "moe_config: config.json is not a JSON object");
-    auto opt = [&](const char* key) -> const nlohmann::json* {
-      return j.contains(key) && !j[key].is_null() ? &j[key] : nullptr;
-    };
-    auto string = [&](const char* key) -> std::string {
-      const auto* v = opt(key);
-      if (v == nullptr) return "";
-      check(v->is_string(), "moe_config: config.json field '", key, "' must be a string, got ", v->dump());
-      return v->get<std::string>();
-    };
-    const std::string model_type = string("model_type");
-    const auto d = hf_moe_defaults_for(model_type);
-    check(d.has_value(), "moe_config: config.json field 'model_type' is '", model_type,
-          "' (expected deepseek_v2 or deepseek_v3)");
-    // An integer field; `dflt` when absent or null, where a default of 0 (`required`) means none.
-    auto integer = [&](const char* key, index_t dflt, bool required = false) -> index_t {
-      const auto* v = opt(key);
-      if (v == nullptr) {
-        check(!(required && dflt == 0), "moe_config: config.json has no '", key, "'");
-        return dflt;
-      }
-      if (v->is_number_integer()) return static_cast<index_t>(v->get<std::int64_t>());
-      if (v->is_number_float()) {
-        const double x = v->get<double>();
-        if (std::isfinite(x) && x == std::floor(x) && std::fabs(x) < 9.0e15) return static_cast<index_t>(x);
-      }
-      fail("moe_config: config.json field '", key, "' must be an integer, got ", v->dump());
-    };
-    check(!(j.contains("n_routed_experts") && j["n_routed_experts"].is_null()),
-          "moe_config: config.json field 'n_routed_experts' is null (a model without MoE layers)");
-    moe_config c;
-    c.hidden_size = integer("hidden_size", d->hidden_size, true);
-    c.n_routed_experts = integer("n_routed_experts", d->n_routed_experts, true);
-    c.num_experts_per_tok = integer("num_experts_per_tok", d->num_experts_per_tok, true);
-    c.moe_intermediate_size = integer("moe_intermediate_size", d->moe_intermediate_size, true);
-    c.n_shared_experts = integer("n_shared_experts", d->n_shared_experts);
-    c.n_group = integer("n_group", d->n_group);
-    c.topk_group = integer("topk_group", d->topk_group);
-    c.norm_topk_prob = d->norm_topk_prob;
-    if (auto* v = opt("norm_topk_prob")) {
-      check(v->is_boolean(), "moe_config: config.json field 'norm_topk_prob' must be a boolean, got ", v->dump());
-      c.norm_topk_prob = v->get<bool>();
-    }
-    c.routed_scaling_factor = static_cast<float>(d->routed_scaling_factor);
-    if (auto* v = opt("routed_scaling_factor")) {
-      check(v->is_number(), "moe_config: config.json field 'routed_scaling_factor' must be a number, got ",
-            v->dump());
-      c.routed_scaling_factor = static_cast<float>(v->get<double>());
-    }
-    c.scoring_func = d->scoring_func;
-    if (auto* v = opt("scoring_func")) {
-      const std::string s = v->is_string() ? v->get<std::string>() : v->dump();
-      const auto f = v->is_string() ? score_fn_from_hf(s) : std::nullopt;
-      check(f.has_value(), "moe_config: config.json field 'scoring_func' is '", s, "' (expected softmax or sigmoid)");
-      c.scoring_func = *f;
-    }
-    c.topk_method = d->topk_method;
-    if (auto* v = opt("topk_method")) {
-      const std::string s = v->is_string() ? v->get<std::string>() : v->dump();
-      const auto r = v->is_string() ? topk_rule_from_hf(s) : std::nullopt;
-      check(r.has_value(), "moe_config: config.json field 'topk_method' is '", s,
-            "' (expected greedy, group_limited_greedy or noaux_tc)");
-      c.topk_method = *r;
-    }
-    c.validate();
-    return c;
-  }
+  static moe_config from_hf_json(const nlohmann::json& j);
 };
+
+/// Hugging Face's value for each MoE field of config.json that is absent or null, as a
+/// moe_config, by `model_type` (transformers' DeepseekV2Config /
+/// DeepseekV3Config; DeepSeek's remote code agrees on these except that its V2 leaves the
+/// shapes unset and spells greedy "gready"):
+/// | field | deepseek_v2 | deepseek_v3 | "" (no model_type) |
+/// |---|---|---|---|
+/// | hidden_size | 4096 | 7168 | required |
+/// | n_routed_experts | 64 | 256 | required |
+/// | num_experts_per_tok | required | 8 | required |
+/// | moe_intermediate_size | 1407 | 2048 | required |
+/// | n_shared_experts | 2 | 1 | 0 |
+/// | n_group / topk_group | 1 / 1 (HF: null) | 8 / 4 | 1 / 1 |
+/// | scoring_func / topk_method | softmax / greedy | sigmoid / noaux_tc | softmax / greedy |
+/// | norm_topk_prob / routed_scaling_factor | false / 1.0 | true / 2.5 | false / 1.0 |
+/// "required" is a size of 0: the reader requires the field (an explicit `n_routed_experts:
+/// null` is not "absent": it means a model without MoE layers). The "" row serves
+/// `moe_config::from_hf_json` on a config without `model_type` (io::parse_config requires one);
+/// any other model_type gives nullopt.
+constexpr std::optional<moe_config> hf_moe_defaults_for(std::string_view model_type) {
+  if (model_type == "deepseek_v2")
+    return moe_config{.hidden_size = 4096, .n_routed_experts = 64, .num_experts_per_tok = 0, .n_group = 1,
+                      .topk_group = 1, .scoring_func = score_fn::softmax, .topk_method = topk_rule::greedy,
+                      .norm_topk_prob = false, .routed_scaling_factor = 1.0f, .n_shared_experts = 2,
+                      .moe_intermediate_size = 1407};
+  if (model_type == "deepseek_v3")
+    return moe_config{.hidden_size = 7168, .n_routed_experts = 256, .num_experts_per_tok = 8, .n_group = 8,
+                      .topk_group = 4, .scoring_func = score_fn::sigmoid, .topk_method = topk_rule::noaux_tc,
+                      .norm_topk_prob = true, .routed_scaling_factor = 2.5f, .n_shared_experts = 1,
+                      .moe_intermediate_size = 2048};
+  if (model_type.empty()) return moe_config{};
+  return std::nullopt;
+}
+
+
+inline moe_config moe_config::from_hf_json(const nlohmann::json& j) {
+  check(j.is_object(), "moe_config: config.json is not a JSON object");
+  auto opt = [&](const char* key) -> const nlohmann::json* {
+    return j.contains(key) && !j[key].is_null() ? &j[key] : nullptr;
+  };
+  auto string = [&](const char* key) -> std::string {
+    const auto* v = opt(key);
+    if (v == nullptr) return "";
+    check(v->is_string(), "moe_config: config.json field '", key, "' must be a string, got ", v->dump());
+    return v->get<std::string>();
+  };
+  const std::string model_type = string("model_type");
+  const auto d = hf_moe_defaults_for(model_type);
+  check(d.has_value(), "moe_config: config.json field 'model_type' is '", model_type,
+        "' (expected deepseek_v2 or deepseek_v3)");
+  // An integer field; `dflt` when absent or null, where a default of 0 (`required`) means none.
+  auto integer = [&](const char* key, index_t dflt, bool required = false) -> index_t {
+    const auto* v = opt(key);
+    if (v == nullptr) {
+      check(!(required && dflt == 0), "moe_config: config.json has no '", key, "'");
+      return dflt;
+    }
+    if (const auto i = io::json_index(*v)) return *i;
+    fail("moe_config: config.json field '", key, "' must be an integer, got ", v->dump());
+  };
+  check(!(j.contains("n_routed_experts") && j["n_routed_experts"].is_null()),
+        "moe_config: config.json field 'n_routed_experts' is null (a model without MoE layers)");
+  moe_config c;
+  c.hidden_size = integer("hidden_size", d->hidden_size, true);
+  c.n_routed_experts = integer("n_routed_experts", d->n_routed_experts, true);
+  c.num_experts_per_tok = integer("num_experts_per_tok", d->num_experts_per_tok, true);
+  c.moe_intermediate_size = integer("moe_intermediate_size", d->moe_intermediate_size, true);
+  c.n_shared_experts = integer("n_shared_experts", d->n_shared_experts);
+  c.n_group = integer("n_group", d->n_group);
+  c.topk_group = integer("topk_group", d->topk_group);
+  c.norm_topk_prob = d->norm_topk_prob;
+  if (auto* v = opt("norm_topk_prob")) {
+    check(v->is_boolean(), "moe_config: config.json field 'norm_topk_prob' must be a boolean, got ", v->dump());
+    c.norm_topk_prob = v->get<bool>();
+  }
+  c.routed_scaling_factor = static_cast<float>(d->routed_scaling_factor);
+  if (auto* v = opt("routed_scaling_factor")) {
+    check(v->is_number(), "moe_config: config.json field 'routed_scaling_factor' must be a number, got ",
+          v->dump());
+    c.routed_scaling_factor = static_cast<float>(v->get<double>());
+  }
+  c.scoring_func = d->scoring_func;
+  if (auto* v = opt("scoring_func")) {
+    const std::string s = v->is_string() ? v->get<std::string>() : v->dump();
+    const auto f = v->is_string() ? score_fn_from_hf(s) : std::nullopt;
+    check(f.has_value(), "moe_config: config.json field 'scoring_func' is '", s, "' (expected softmax or sigmoid)");
+    c.scoring_func = *f;
+  }
+  c.topk_method = d->topk_method;
+  if (auto* v = opt("topk_method")) {
+    const std::string s = v->is_string() ? v->get<std::string>() : v->dump();
+    const auto r = v->is_string() ? topk_rule_from_hf(s) : std::nullopt;
+    check(r.has_value(), "moe_config: config.json field 'topk_method' is '", s,
+          "' (expected greedy, group_limited_greedy or noaux_tc)");
+    c.topk_method = *r;
+  }
+  c.validate();
+  return c;
+}
 
 }  // namespace moela::moe
