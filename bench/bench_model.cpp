@@ -211,6 +211,7 @@ const bool registered = [] {
   register_format<quant::fp8_block<128, 128>>("fp8_block");
   register_format<quant::int4_group<32>>("int4_group32");
   register_format<quant::int4_group_a8<32>>("int4_group32_a8");
+  register_format<quant::int4_group_a16<32>>("int4_group32_a16");
   return true;
 }();
 

@@ -329,6 +329,7 @@ const bool registered = [] {
   register_format<quant::int4_group<64>>("int4");
   register_format<quant::int8_rowwise_a8<>>("int8_a8");
   register_format<quant::int4_group_a8<64>>("int4_a8");
+  register_format<quant::int4_group_a16<64>>("int4_a16");
   benchmark::RegisterBenchmark("moe_pages/fp8/T1", [](benchmark::State& st) {
     bm_pages<quant::fp8_block<128, 128>>(st, "fp8");
   })->Unit(benchmark::kMillisecond);

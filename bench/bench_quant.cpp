@@ -6,8 +6,9 @@
 // Format names: f32 bf16 fp16 fp8_block (E4M3, 128x128) fp8_block_e5m2 fp8_block_faithful
 // (W8A8 DeepSeek numerics) int8_rowwise int8_group64 int4_group{32,64,128} int4_group64_asym, and
 // with an `_a8` suffix the same integer formats with int8 activations (quant::mode::int8_activations,
-// the W8A8 / W4A8 integer kernels), and bf16_a16 / fp8_block_a16: bf16 and FP8 weights with the
-// fp32 activations rounded to bf16 (quant::mode::bf16_activations, the vdpbf16ps GEMM).
+// the W8A8 / W4A8 integer kernels), and bf16_a16 / fp8_block_a16 / int4_group{32,128}_a16 /
+// int4_group64_asym_a16: bf16, FP8 and int4 weights with the fp32 activations rounded to bf16
+// (quant::mode::bf16_activations: the vdpbf16ps GEMM for bf16 and FP8, GEMV for int4).
 // Example: moela-bench --benchmark_filter='gemv/|gemm/' --benchmark_min_time=0.05
 #include "support.hpp"
 
@@ -183,6 +184,9 @@ const int registered = [] {
   register_format<q::int4_group_asym<64>, q::mode::int8_activations>("int4_group64_asym_a8");
   register_format<q::bf16, q::mode::bf16_activations>("bf16_a16");
   register_format<q::fp8_block<128, 128>, q::mode::bf16_activations>("fp8_block_a16");
+  register_format<q::int4_group<32>, q::mode::bf16_activations>("int4_group32_a16");
+  register_format<q::int4_group<128>, q::mode::bf16_activations>("int4_group128_a16");
+  register_format<q::int4_group_asym<64>, q::mode::bf16_activations>("int4_group64_asym_a16");
   return 0;
 }();
 

@@ -43,6 +43,7 @@ constexpr format_choice formats[] = {
     {"int8-a8", "int8 W8A8 (per row, int8 activations)", &run_format<int8_rowwise_a8<>>},
     {"int4", "int4 (groups of 32)", &run_format<int4_group<32>>},
     {"int4-a8", "int4 W4A8 (groups of 32, int8 activations)", &run_format<int4_group_a8<32>>},
+    {"int4-a16", "int4 W4A16 (groups of 32, bf16 activations)", &run_format<int4_group_a16<32>>},
 };
 
 [[noreturn]] void usage(int code) {

@@ -226,5 +226,6 @@ extern template int run_format<moela::quant::int8_rowwise<>>(const options&, con
 extern template int run_format<moela::quant::int8_rowwise_a8<>>(const options&, const moela::io::model_config&, const char*);
 extern template int run_format<moela::quant::int4_group<32>>(const options&, const moela::io::model_config&, const char*);
 extern template int run_format<moela::quant::int4_group_a8<32>>(const options&, const moela::io::model_config&, const char*);
+extern template int run_format<moela::quant::int4_group_a16<32>>(const options&, const moela::io::model_config&, const char*);
 
 }  // namespace moela_generate

@@ -92,3 +92,50 @@ TEST_CASE("matmul with AVX-512 xsimd batches equals the float64 reference") {
   run(qmatrix<quant::int8_group<64>>::quantize(wf.cview()));
   run(qmatrix<quant::int4_group_asym<32>>::quantize(wf.cview()));
 }
+
+TEST_CASE("the W4A16 GEMV (vdpbf16ps) equals the float64 reference; bf16 subnormal activations count as zero") {
+  // matmul with mode::bf16_activations and an int4 weight, M = 1..4: the GEMV of
+  // gemv_bf16_avx512.hpp. K = 320: two whole 128-code chunks and a partial one. Bound: the
+  // kernel sums (1 + u/16) x scaled by 16 s and takes (16 + z) s Σx off (terms <= 63 s |x|),
+  // fp32 sums: (K + 2) u Σ 64 s |x|. Some activations are bf16 subnormals, which the instruction
+  // reads as zero; the group sums must do the same, so the result equals that of zeros there
+  // (bit for bit: the kernel sees the same prepared values).
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const index_t n = 37, k = 320;
+  tensor<float, 2> wf({n, k});
+  for (auto& v : wf.flat()) v = 0.05f * nd(rng);
+  auto run = [&](const auto& w) {
+    for (index_t m = 1; m <= 4; ++m) {
+      CAPTURE(m);
+      tensor<float, 2> x({m, k}), xz({m, k});
+      for (auto& v : x.flat()) v = nd(rng);
+      for (index_t i = 0; i < m; ++i) x(i, 7 * i + 3) = (i % 2 ? -3e-39f : 5e-39f);  // bf16 subnormals
+      // A row of nothing but subnormals: the product must be exactly 0 (a group sum that kept
+      // them would leave -(16 + z) s Σx, about 1e-36, behind).
+      if (m > 1)
+        for (index_t t = 0; t < k; ++t) x(m - 1, t) = 5e-39f;
+      for (index_t i = 0; i < m; ++i)
+        for (index_t t = 0; t < k; ++t) {
+          const float r = bf16(x(i, t)).to_float();
+          xz(i, t) = std::fabs(r) < 1.17549435e-38f ? 0.0f : r;  // what the kernel multiplies
+        }
+      tensor<float, 2> y({m, n}), yz({m, n});
+      matmul(y.view(), x.cview(), w, quant::mode::bf16_activations{});
+      matmul(yz.view(), xz.cview(), w, quant::mode::bf16_activations{});
+      const auto wd = w.dequantize();
+      for (index_t i = 0; i < m; ++i)
+        for (index_t j = 0; j < n; ++j) {
+          double ref = 0, mag = 0;
+          for (index_t t = 0; t < k; ++t) {
+            ref += double(xz(i, t)) * wd(j, t);
+            mag += 64.0 * w.scale_at(j, t) * std::fabs(double(xz(i, t)));
+          }
+          CHECK(std::fabs(y(i, j) - ref) <= double(k + 2) * u32 * mag);
+          CHECK(y(i, j) == yz(i, j));
+        }
+    }
+  };
+  run(qmatrix<quant::int4_group<32>>::quantize(wf.cview()));
+  run(qmatrix<quant::int4_group_asym<64>>::quantize(wf.cview()));
+}

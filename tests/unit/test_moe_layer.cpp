@@ -86,14 +86,33 @@ std::pair<std::vector<double>, std::vector<double>> int8_rounded(const std::vect
   return {r, edge};
 }
 
-// float64 SwiGLU with the layer's (dequantised) weights. Formats that multiply int8 activations
-// have x and h rounded to int8 groups first, as the layer does.
+// v rounded to bf16 (RNE, through fp32 as the layer rounds its fp32 values), plus each element's
+// bf16 ulp where its value lies within 1e-3 ulp of a rounding boundary (else 0): there the
+// layer's fp32 h (relative error ~1e-6, ~1e-4 ulp) may round to the neighbouring value.
+std::pair<std::vector<double>, std::vector<double>> bf16_rounded(const std::vector<double>& v) {
+  std::vector<double> r(v.size()), edge(v.size(), 0.0);
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    r[i] = moela::bf16(static_cast<float>(v[i])).to_float();
+    if (v[i] == 0) continue;
+    const double ulp = std::ldexp(1.0, std::ilogb(v[i]) - 7);
+    const double u = std::abs(v[i]) / ulp;
+    if (std::abs(u - std::floor(u) - 0.5) < 1e-3) edge[i] = ulp;
+  }
+  return {r, edge};
+}
+
+// float64 SwiGLU with the layer's (dequantised) weights. Formats that multiply int8 (bf16)
+// activations have x and h rounded to int8 groups (bf16) first, as the layer does.
 template <class Format>
 expert_ref ref_expert(const swiglu_weights<Format>& w, const std::vector<double>& x) {
   constexpr bool a8 = std::is_same_v<quant::default_mode_t<Format>, quant::mode::int8_activations>;
+  constexpr bool a16 = std::is_same_v<quant::default_mode_t<Format>, quant::mode::bf16_activations>;
+  auto rounded = [](const std::vector<double>& v) {
+    return a8 ? int8_rounded(v) : a16 ? bf16_rounded(v) : std::pair{v, std::vector<double>(v.size(), 0.0)};
+  };
   const auto g = w.gate_proj.dequantize(), u = w.up_proj.dequantize(), dn = w.down_proj.dequantize();
   const index_t I = g.extent(0), D = g.extent(1);
-  const auto xq = a8 ? int8_rounded(x).first : x;  // x is fp32 in the layer too: the same codes
+  const auto xq = rounded(x).first;  // x is fp32 in the layer too: the same codes
   std::vector<double> h(I);
   for (index_t i = 0; i < I; ++i) {
     double a = 0, b = 0;
@@ -103,7 +122,7 @@ expert_ref ref_expert(const swiglu_weights<Format>& w, const std::vector<double>
     }
     h[i] = a / (1.0 + std::exp(-a)) * b;
   }
-  const auto [hq, edge] = a8 ? int8_rounded(h) : std::pair{h, std::vector<double>(h.size(), 0.0)};
+  const auto [hq, edge] = rounded(h);
   expert_ref r{std::vector<double>(D, 0.0), std::vector<double>(D, 0.0)};
   for (index_t d = 0; d < D; ++d)
     for (index_t i = 0; i < I; ++i) {
@@ -242,8 +261,10 @@ TEST_CASE_TEMPLATE("moe_layer equals a dense float64 evaluation", F, quant::f32,
 // slack allows for exactly those elements (measured: such flips move an output by up to 4e-4 of
 // max|y|; away from them the error is fp32 rounding). A layer that quantized a wrong or
 // incomplete row (another job's x, h before all of its chunks are written) misses by >= 1e-2.
-TEST_CASE_TEMPLATE("moe_layer with int8 activations equals the float64 evaluation of the mode", F,
-                   quant::int8_rowwise_a8<>, quant::int4_group_a8<32>) {
+// The same for bf16 activations (int4_group_a16: x and h rounded to bf16, the slack one bf16 ulp
+// of the h elements within 1e-3 ulp of a rounding boundary).
+TEST_CASE_TEMPLATE("moe_layer with int8 or bf16 activations equals the float64 evaluation of the mode", F,
+                   quant::int8_rowwise_a8<>, quant::int4_group_a8<32>, quant::int4_group_a16<32>) {
   SUBCASE("V3-like: sigmoid, bias, top-2 group sum, 1 shared") {
     const auto c = small_config(32, 8, 8, 4, score_fn::sigmoid, topk_rule::noaux_tc, true, 2.5f, 1, 64, 96);
     check_layer<F>(c, 1, 6);

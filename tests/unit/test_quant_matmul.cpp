@@ -64,6 +64,40 @@ void check_against_f64(const tensor<float, 2>& y, const_view<float, 2> x, const 
   CHECK(bad == 0);
 }
 
+/// mode::bf16_activations on a random W [n, k] and x [m, k]: the product with fp32 x, with x
+/// given as bf16, on the portable path and through the format's default (with_mode) against the
+/// float64 product with x rounded to bf16 (check_against_f64's bound: products of bf16 x and the
+/// bf16-exact codes are exact, then fp32 sums; FP8: one rounding of the block scale's product per
+/// block, and of the dequantized reference value, inside its +2; int4: its offset bound); the
+/// fp32-input, bf16-input and default-mode results must be the same floats.
+template <class F>
+void check_bf16_mode(std::mt19937& rng, index_t m, index_t k, index_t n) {
+  CAPTURE(k);
+  CAPTURE(n);
+  CAPTURE(m);
+  const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+  const auto x = random_matrix(rng, m, k);
+  tensor<moela::bf16, 2> xb({m, k});
+  tensor<float, 2> xr({m, k});  // x rounded to bf16 (RNE), widened: what the kernels multiply
+  for (index_t i = 0; i < m; ++i)
+    for (index_t t = 0; t < k; ++t) {
+      xb(i, t) = moela::bf16(x(i, t));
+      xr(i, t) = xb(i, t).to_float();
+    }
+  tensor<float, 2> y({m, n}), yb({m, n}), yg({m, n}), ya({m, n});
+  matmul(y.view(), x.cview(), w, q::mode::bf16_activations{});
+  matmul(yb.view(), xb.cview(), w, q::mode::bf16_activations{});
+  matmul(cpu<xsimd::sse4_2>{}, yg.view(), x.cview(), w, q::mode::bf16_activations{});
+  using FA = q::with_mode<F, q::mode::bf16_activations>;
+  matmul(ya.view(), x.cview(), qmatrix<FA>::borrow_parts(w.codes(), w.scales(), w.zeros()));
+  check_against_f64(y, xr.cview(), w);
+  check_against_f64(yg, xr.cview(), w);
+  int same = 0;
+  for (index_t i = 0; i < m; ++i)
+    for (index_t j = 0; j < n; ++j) same += (y(i, j) == yb(i, j)) + (y(i, j) == ya(i, j));
+  CHECK(same == 2 * m * n);
+}
+
 }  // namespace
 
 TEST_CASE_TEMPLATE("matmul equals the float64 reference on the dequantized weight", F, MOELA_ALL_FORMATS) {
@@ -513,36 +547,7 @@ TEST_CASE_TEMPLATE("bf16 activations mode: every tile shape, odd K, several K bl
     for (index_t n : {index_t{16}, index_t{33}, index_t{64}})
       for (index_t m : {index_t{3}, index_t{5}, index_t{6}, index_t{13}, index_t{40}}) {
         if (k > 2048 && m != 13) continue;  // the long K once, with a tail
-        CAPTURE(k);
-        CAPTURE(n);
-        CAPTURE(m);
-        const auto w = qmatrix<F>::quantize(random_matrix(rng, n, k, 0.05f).cview());
-        const auto x = random_matrix(rng, m, k);
-        tensor<moela::bf16, 2> xb({m, k});
-        tensor<float, 2> xr({m, k});  // x rounded to bf16 (RNE), widened: what the kernels multiply
-        for (index_t i = 0; i < m; ++i)
-          for (index_t t = 0; t < k; ++t) {
-            xb(i, t) = moela::bf16(x(i, t));
-            xr(i, t) = xb(i, t).to_float();
-          }
-        tensor<float, 2> y({m, n}), yb({m, n}), yg({m, n}), ya({m, n});
-        matmul(y.view(), x.cview(), w, q::mode::bf16_activations{});
-        matmul(yb.view(), xb.cview(), w, q::mode::bf16_activations{});
-        matmul(cpu<xsimd::sse4_2>{}, yg.view(), x.cview(), w, q::mode::bf16_activations{});
-        using FA = q::with_mode<F, q::mode::bf16_activations>;
-        if constexpr (F::has_scales)
-          matmul(ya.view(), x.cview(), qmatrix<FA>::borrow(w.codes(), w.scales()));
-        else
-          matmul(ya.view(), x.cview(), qmatrix<FA>::borrow(w.codes()));
-        // (K + 2) u Σ|x w|: products of bf16 x and bf16-exact weights are exact, then fp32 sums
-        // (and for FP8 one rounding of the block scale's product per block, and of the dequantized
-        // reference value, inside the +2).
-        check_against_f64(y, xr.cview(), w);
-        check_against_f64(yg, xr.cview(), w);
-        int same = 0;
-        for (index_t i = 0; i < m; ++i)
-          for (index_t j = 0; j < n; ++j) same += (y(i, j) == yb(i, j)) + (y(i, j) == ya(i, j));
-        CHECK(same == 2 * m * n);  // fp32 or bf16 input, mode named or the format's default: one result
+        check_bf16_mode<F>(rng, m, k, n);
       }
 }
 
@@ -659,4 +664,33 @@ TEST_CASE("matmul: y overlapping x is an error; qmatrix codes must match cols") 
                        "qmatrix: cols = 64 does not match codes of shape [2, 16] (int4: two codes per byte)",
                        moela::error);
   CHECK_NOTHROW((qmatrix<quant::int4_group<32>>(tensor<std::uint8_t, 2>({2, 16}), tensor<float, 2>({2, 1}), {}, 32)));
+}
+
+TEST_CASE_TEMPLATE("bf16 activations mode with int4 weights (the W4A16 GEMV): float64 reference, all M", F,
+                   q::int4_group<32>, q::int4_group<64, q::int4_asym>, q::int4_group<128, q::int4_sym, moela::bf16>) {
+  // K: odd_k (a last partial 128-code chunk for G = 32 and 64) and 2048 + 3 G (several full
+  // chunks, then a partial one, or for G = 128 whole chunks only); N: 1, odd (a pass of fewer
+  // rows than the kernel's 4 for M = 1, 2 for M = 2) and a multiple of them; M = 1..4 (the GEMV
+  // kernels) and 5, 13 (the fp32 GEMM on the rounded activations).
+  std::mt19937 rng(31);
+  for (index_t k : {odd_k<F>(), index_t{2048 + 3 * F::group}})
+    for (index_t n : {index_t{1}, index_t{33}, index_t{64}})
+      for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{5}, index_t{13}})
+        check_bf16_mode<F>(rng, m, k, n);
+}
+
+TEST_CASE("int4_group_a16 defaults to bf16 activations: the result differs from the fast mode") {
+  // The fast mode multiplies the fp32 activations, bf16_activations their bf16 roundings (each
+  // checked against float64 above): with x not exact in bf16 the W4A16 result must differ, or
+  // the format's default would silently be the fast mode.
+  std::mt19937 rng(32);
+  const index_t n = 48, k = 512;
+  const auto w = qmatrix<q::int4_group_a16<32>>::quantize(random_matrix(rng, n, k, 0.05f).cview());
+  const auto x = random_matrix(rng, 1, k);
+  tensor<float, 2> ya({1, n}), yf({1, n});
+  matmul(ya.view(), x.cview(), w);
+  matmul(yf.view(), x.cview(), w, q::mode::fast{});
+  int differ = 0;
+  for (index_t j = 0; j < n; ++j) differ += ya(0, j) != yf(0, j);
+  CHECK(differ > n / 2);
 }

@@ -31,12 +31,15 @@
 ///    fast mode's fp32 decode; it costs one int8 rounding per activation (<= 2^-8 of its group's
 ///    amax). `quant::with_mode<F, mode::int8_activations>` (e.g. `int4_group_a8<32>`) makes it
 ///    a format's default.
-///  - `bf16_activations` (bf16 and fp8_block formats): activations rounded to bf16 and multiplied
-///    exactly with the weight values, fp32 sums (FP8 block scale per block); on AVX512-BF16 for
-///    M > 4 the `vdpbf16ps` GEMM, ~2x the fast mode's rate (see quant::mode). Use it for prefill
-///    with bf16 or FP8 weights where bf16 activations are accurate enough (they are what a BF16
-///    model runs on). bf16 activations with these formats take that GEMM in the fast mode too
-///    (M > 4), since rounding them to bf16 is then exact.
+///  - `bf16_activations` (bf16, fp8_block and int4_group formats): activations rounded to bf16
+///    and multiplied exactly with the weight codes, fp32 sums (block or group scale per block or
+///    group); on AVX512-BF16 the `vdpbf16ps` GEMM for bf16 and FP8 weights with M > 4 (~2x the
+///    fast mode's rate) and the `vdpbf16ps` GEMV for int4 weights with M <= 4 (int4 decode at
+///    memory speed, which the fast mode's fp32 decode is not on two Zen 4 cores); see
+///    quant::mode. Use it where bf16 activations are accurate enough (they are what a BF16 model
+///    runs on): prefill with bf16 or FP8 weights, decode with int4 weights (`int4_group_a16<G>`
+///    makes it the format's default). bf16 activations with bf16 or FP8 weights take that GEMM
+///    in the fast mode too (M > 4), since rounding them to bf16 is then exact.
 ///
 /// Shapes: x `[M, K]`, y `[M, N]` with K = W.cols(), N = W.rows(); y's rows must be contiguous.
 /// Errors (`moela::error`): shape mismatch (message names the shapes), empty W, y overlapping x
@@ -117,18 +120,33 @@ void matmul_int8_rows(tensor_view<float, 2> y, const quant::int8_activation_rows
                          xq.values().data(), m, w);
 }
 
+/// The formats the `vdpbf16ps` GEMM takes (bf16 and FP8; int4 with M > 4 multiplies in fp32).
+template <class Format>
+inline constexpr bool bf16_gemm_format = quant::bf16_exact_format<Format> && !Format::packed4;
+
+/// Whether matmul_bf16_rows has a bf16 kernel for `m` rows (else it widens the rows to fp32).
+template <class Arch, class Format>
+constexpr bool bf16_kernel_runs(index_t m) {
+  return bf16_gemv_runs<Arch, Format>(m) || (bf16_gemm_format<Format> && bf16_gemm_runs<Arch>(m));
+}
+
 /// y = xb · Wᵀ for bf16 activation rows `xb` (stride ldx, even, >= K rounded up to even, the
 /// padding column zero), shapes already checked: the one path of `mode::bf16_activations`.
-/// The `vdpbf16ps` GEMM where bf16_gemm_runs; otherwise (and when the GEMM declines an odd
-/// FP8 block width) the rows widened exactly to fp32 through the fast mode.
+/// The `vdpbf16ps` GEMM where bf16_gemm_runs (bf16, FP8), the `vdpbf16ps` GEMV where
+/// bf16_gemv_runs (int4); otherwise (and when the GEMM declines an odd FP8 block width) the
+/// rows widened exactly to fp32 through the fast mode.
 template <class Arch, class Format>
 void matmul_bf16_rows(tensor_view<float, 2> y, const moela::bf16* xb, index_t ldx, index_t m, const qmatrix<Format>& w) {
   static_assert(quant::bf16_exact_format<Format>,
-                "matmul: mode::bf16_activations needs a bf16 or fp8_block weight (values exact in bf16)");
+                "matmul: mode::bf16_activations needs a bf16, fp8_block or int4_group weight (codes exact in bf16)");
   if (m == 0) return;
   const index_t ldy = m > 1 ? y.stride(0) : w.rows();
+  if (bf16_gemv_runs<Arch, Format>(m)) {
+    qgemv_bf16<Arch>(y.data(), ldy, xb, ldx, m, w);
+    return;
+  }
 #ifdef MOELA_AVX512_GEMM_BF16
-  if constexpr (use_avx512_bf16<Arch>)
+  if constexpr (use_avx512_bf16<Arch> && bf16_gemm_format<Format>)
     if (bf16_gemm_runs<Arch>(m) && gemm_bf16_dp(y.data(), ldy, xb, ldx, m, w)) return;
 #endif
   index_t ldf = 0;
@@ -213,12 +231,14 @@ void matmul(cpu<A>, tensor_view<float, 2> y, const_view<float, 2> x, const qmatr
 template <class A, class Format, class Mode = quant::default_mode_t<Format>>
 void matmul(cpu<A>, tensor_view<float, 2> y, const_view<moela::bf16, 2> x, const qmatrix<Format>& w, Mode = {}) {
   detail::check_matmul_shapes(y, x, w);
-  // bf16 activations with a bf16-exact weight: mode::bf16_activations and the fast mode are the
+  // bf16 activations with a bf16 or FP8 weight: mode::bf16_activations and the fast mode are the
   // same numerics (the rounding to bf16 is exact), so both take the bf16 GEMM where it runs and
-  // the fast mode on the widened rows elsewhere.
+  // the fast mode on the widened rows elsewhere. An int4 weight takes the bf16 GEMV when the
+  // mode is bf16_activations only (the fast mode keeps its fp32 kernels, which read bf16
+  // subnormals as they are).
   constexpr bool bf16_mode = std::is_same_v<Mode, quant::mode::bf16_activations>;
-  if constexpr (bf16_mode || (std::is_same_v<Mode, quant::mode::fast> && quant::bf16_exact_format<Format>)) {
-    if (detail::bf16_gemm_runs<A>(x.extent(0))) {
+  if constexpr (bf16_mode || (std::is_same_v<Mode, quant::mode::fast> && detail::bf16_gemm_format<Format>)) {
+    if (detail::bf16_kernel_runs<A, Format>(x.extent(0))) {
       index_t ldb = 0;
       const moela::bf16* xb = detail::bf16_rows<A>(x, ldb);
       detail::matmul_bf16_rows<A>(y, xb, ldb, x.extent(0), w);

@@ -15,7 +15,7 @@
 /// | `int4_group<G, int4_asym, S>`  | uint4 in [0, 15], 2 per byte| S `[N, K/G]`                    | uint8 `[N, K/G]` |
 /// | `with_mode<F, Mode>`           | as `F`; matmul defaults to `Mode` | as `F`                     | as `F`     |
 /// | `int8_rowwise_a8`, `int4_group_a8<G>` | `with_mode<..., mode::int8_activations>` (W8A8 / W4A8) | | |
-/// | `bf16_a16`, `fp8_block_a16<BR, BC>` | `with_mode<..., mode::bf16_activations>` (W16A16 / W8A16) | | |
+/// | `bf16_a16`, `fp8_block_a16<BR, BC>`, `int4_group_a16<G>` | `with_mode<..., mode::bf16_activations>` (W16A16 / W8A16 / W4A16) | | |
 ///
 /// `S` (scale type) is `float` or `moela::bf16`. The dequantized weight is
 ///  - fp8:  `w = float(code) * scale[n / BR, k / BC]` (the checkpoint's `weight_scale_inv` is
@@ -89,15 +89,20 @@ struct faithful {};
 /// the dequantized activations `q * s` in fp32 and agree to fp32 rounding. Cost in accuracy: each activation moves by at most s / 2 (a relative 2^-8 of
 /// its group's amax), which adds at most Σ_k |w_k| s_k / 2 to an output.
 struct int8_activations {};
-/// BF16 activations, for the weight formats exact in bf16 (`bf16_exact_format`: `bf16` and every
-/// `fp8_block`): fp32 activations are rounded to bf16 (RNE; bf16 ones are taken as they are),
-/// the weight values (FP8: the codes, the block scale applied per block to the fp32 sums) are
-/// multiplied with them exactly and summed in fp32. With AVX512-BF16, M > 4 runs the `vdpbf16ps`
-/// GEMM of backend/cpu/x86/gemm_bf16_avx512.hpp (2x the MACs of an fp32 FMA per instruction);
-/// otherwise the fast mode multiplies the rounded activations. These are the numerics of a BF16
-/// checkpoint run in bf16 (PyTorch `Linear` on bf16 tensors accumulates in fp32 the same way).
-/// Cost in accuracy: each fp32 activation moves by at most 2^-9 of its magnitude. bf16
-/// activations in the fast mode take the same kernel (there the rounding is exact).
+/// BF16 activations, for the weight formats whose codes are exact in bf16 (`bf16_exact_format`:
+/// `bf16`, every `fp8_block`, every `int4_group`): fp32 activations are rounded to bf16 (RNE;
+/// bf16 ones are taken as they are), the weight codes are multiplied with them exactly, summed
+/// in fp32, and the block or group scale (and int4 zero point) applied to those sums. With
+/// AVX512-BF16: bf16 and FP8 weights with M > 4 run the `vdpbf16ps` GEMM of
+/// backend/cpu/x86/gemm_bf16_avx512.hpp (2x the MACs of an fp32 FMA per instruction), int4
+/// weights with M <= 4 the `vdpbf16ps` GEMV of backend/cpu/x86/gemv_bf16_avx512.hpp (about half
+/// the instructions per weight byte of the fp32 decode, so decode streams int4 weights at memory
+/// speed); there bf16 subnormal activations (below 2^-126) count as zero, as the instruction
+/// reads them. Otherwise the fast mode multiplies the rounded activations. These are the
+/// numerics of a BF16 checkpoint run in bf16 (PyTorch `Linear` on bf16 tensors accumulates in
+/// fp32 the same way). Cost in accuracy: each fp32 activation moves by at most 2^-9 of its
+/// magnitude. bf16 activations with a bf16 or FP8 weight take the GEMM in the fast mode too
+/// (there the rounding is exact).
 struct bf16_activations {};
 }  // namespace mode
 /// Activation group width of `mode::int8_activations` (one int8 scale per 1 x 128 activations).
@@ -216,12 +221,14 @@ template <class F>
 concept integer_format = F::kind == format_kind::int8_rowwise || F::kind == format_kind::int8_group ||
                          F::kind == format_kind::int4_group;
 
-/// The weight formats whose values are exact in bf16, which `mode::bf16_activations` multiplies
-/// with bf16 activations: `bf16` (dense) and every `fp8_block` (E4M3 or E5M2, any block shape;
-/// an FP8 value has at most 4 significant bits).
+/// The weight formats whose codes are exact in bf16, which `mode::bf16_activations` multiplies
+/// with bf16 activations (the scales then multiply the fp32 sums of a block or group): `bf16`
+/// (dense), every `fp8_block` (E4M3 or E5M2, any block shape; an FP8 value has at most 4
+/// significant bits) and every `int4_group` (codes in [-8, 15]).
 template <class F>
 concept bf16_exact_format =
-    (F::kind == format_kind::dense && std::is_same_v<typename F::code_type, moela::bf16>) || F::kind == format_kind::fp8_block;
+    (F::kind == format_kind::dense && std::is_same_v<typename F::code_type, moela::bf16>) ||
+    F::kind == format_kind::fp8_block || F::kind == format_kind::int4_group;
 
 /// Format `F` with `Mode` as the matmul mode its weights get when a call names none: same storage,
 /// same quantizer, same kernels (`qmatrix<with_mode<F, M>>` holds exactly what `qmatrix<F>`
@@ -233,7 +240,7 @@ struct with_mode : F {
                     (std::is_same_v<Mode, mode::int8_activations> && integer_format<F>) ||
                     (std::is_same_v<Mode, mode::bf16_activations> && bf16_exact_format<F>),
                 "with_mode: mode::int8_activations needs an int8 or int4 format (for FP8 W8A8 use "
-                "fp8_block_w8a8), mode::bf16_activations a bf16 or fp8_block format");
+                "fp8_block_w8a8), mode::bf16_activations a bf16, fp8_block or int4_group format");
   using matmul_mode = Mode;
 };
 /// INT8 weights (one scale per row) with int8 activations: W8A8 integer GEMV.
@@ -249,6 +256,11 @@ using bf16_a16 = with_mode<bf16, mode::bf16_activations>;
 /// block scale per block): W8A16.
 template <int BR = 128, int BC = 128>
 using fp8_block_a16 = with_mode<fp8_block<BR, BC>, mode::bf16_activations>;
+
+/// int4 weights in groups of G with bf16 activations (the codes times bf16 activations,
+/// `vdpbf16ps`, group scale per group): W4A16, the int4 decode at memory speed on AVX512-BF16.
+template <int G, int4_zero Zero = int4_zero::symmetric, class Scale = float>
+using int4_group_a16 = with_mode<int4_group<G, Zero, Scale>, mode::bf16_activations>;
 
 /// DeepSeek-V3's FP8 layout: E4M3 codes in 128x128 blocks. The faithful (W8A8) mode and loading
 /// a checkpoint's FP8 tensors as they are need it.

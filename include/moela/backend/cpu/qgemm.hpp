@@ -39,6 +39,7 @@
 #include "moela/backend/cpu/x86/gemv_a8_avx2.hpp"
 #include "moela/backend/cpu/x86/gemv_a8_avx512.hpp"
 #include "moela/backend/cpu/x86/gemv_avx512.hpp"
+#include "moela/backend/cpu/x86/gemv_bf16_avx512.hpp"
 #include "moela/backend/cpu/x86/gemv_avx2.hpp"
 #include "moela/quant/qmatrix.hpp"
 
@@ -694,6 +695,41 @@ void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[m
     if (gemm_a8_vnni(y, ldy, xq, sx, M, w)) return;
 #endif
   qgemm<Arch, F, false>(y, ldy, xd, K, M, w, nullptr);
+}
+
+/// Whether `qgemv_bf16` has a kernel for format F, m rows, on Arch: int4_group weights, m <= 4,
+/// an AVX-512 Arch with the AVX512-BF16 kernels compiled in.
+template <class Arch, class F>
+constexpr bool bf16_gemv_runs([[maybe_unused]] index_t m) {
+#ifdef MOELA_AVX512_GEMV_BF16
+  return std::is_base_of_v<xsimd::avx512bw, Arch> && F::kind == quant::format_kind::int4_group && m <= 4;
+#else
+  return false;
+#endif
+}
+
+/// y[M, N] (row stride ldy) = x[M, K] · Wᵀ for `quant::mode::bf16_activations` with an int4_group
+/// weight, M <= 4 (bf16_gemv_runs): bf16 activation rows `x` (stride ldx) times the exact codes,
+/// the `vdpbf16ps` GEMV of gemv_bf16_avx512.hpp, rows split across threads.
+template <class Arch, class F>
+void qgemv_bf16([[maybe_unused]] float* y, [[maybe_unused]] index_t ldy, [[maybe_unused]] const bf16* x,
+                [[maybe_unused]] index_t ldx, [[maybe_unused]] index_t M, [[maybe_unused]] const qmatrix<F>& w) {
+#ifdef MOELA_AVX512_GEMV_BF16
+  if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch> && F::kind == quant::format_kind::int4_group) {
+    const index_t N = w.rows(), K = w.cols(), ldp = (K + 127) / 128 * 128, ng = K / F::group;
+    with_small_m(M, [&]<int MM>(std::integral_constant<int, MM>) {
+      // The calling thread's buffers, grown once and reused; the workers get plain pointers.
+      thread_local std::vector<bf16> xp_buf;
+      thread_local std::vector<float> gsum_buf;
+      bf16* xp = grown(xp_buf, MM * ldp);
+      float* gsum = grown(gsum_buf, MM * ng);
+      for (int m = 0; m < MM; ++m) bf16_int4_prepare(x + m * ldx, K, F::group, xp + m * ldp, gsum + m * ng);
+      parallel_for(N, [&](index_t a, index_t b) { gemv_bf16_avx512_int4<F, MM>(w, xp, ldp, gsum, a, b, y, ldy); });
+    });
+    return;
+  }
+#endif
+  throw error("qgemv_bf16: no kernel for this format and architecture (bf16_gemv_runs is false)");
 }
 
 }  // namespace moela::detail

@@ -148,6 +148,32 @@ MOELA_ALWAYS_INLINE __m512 a8_lane_scales_partial(const S* s, index_t groups) {
   return a8_lane_scales<G>(part);
 }
 
+/// Walks R int4 rows (packed codes at rows[r], K codes each) in 128-code chunks: `chunk(c, src,
+/// partial)` for every whole chunk at code c (row r's 64 bytes at src[r], prefetched `Ahead`
+/// bytes ahead with `Hint`), then for a last partial chunk (K % 128 = 32, 64 or 96) from
+/// zero-padded copies of the rows' last codes, with `partial` true. The int4 GEMVs' one loop.
+template <int R, std::size_t Ahead, int Hint, class Chunk>
+MOELA_ALWAYS_INLINE void int4_chunks(const std::uint8_t* const (&rows)[R], index_t K, Chunk&& chunk) {
+  const index_t kfull = K / 128 * 128;
+  for (index_t c = 0; c < kfull; c += 128) {
+    const std::uint8_t* src[R];
+    MOELA_UNROLL for (int r = 0; r < R; ++r) {
+      src[r] = rows[r] + c / 2;
+      prefetch_ahead<Ahead, Hint>(src[r]);
+    }
+    chunk(c, src, false);
+  }
+  if (kfull < K) {
+    alignas(64) std::uint8_t tail[R][64] = {};
+    const std::uint8_t* src[R];
+    for (int r = 0; r < R; ++r) {
+      std::memcpy(tail[r], rows[r] + kfull / 2, static_cast<std::size_t>((K - kfull) / 2));
+      src[r] = tail[r];
+    }
+    chunk(kfull, src, true);
+  }
+}
+
 /// y[m, n] for n in [n0, n1), int4_group weights; `xp`/`gsum` from a8_int4_prepare<128> (strides
 /// ldp and ldp / 32), `sx` the activation group scales (stride lds).
 ///
@@ -159,7 +185,7 @@ void gemv_a8_avx512_int4(const qmatrix<F>& w, const std::int8_t* xp, index_t ldp
                          index_t lds, index_t n0, index_t n1, float* y, index_t ldy) {
   constexpr index_t G = F::group;
   constexpr int R = M == 1 ? 2 : 1;
-  const index_t K = w.cols(), kfull = K / 128 * 128;
+  const index_t K = w.cols();
   const __m512i mask = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(F::has_zero ? 0 : static_cast<char>(0x88));
   const param_prefetcher<F, Hint> params(w, Ahead);
@@ -193,23 +219,7 @@ void gemv_a8_avx512_int4(const qmatrix<F>& w, const std::int8_t* xp, index_t ldp
         }
       }
     };
-    for (index_t c = 0; c < kfull; c += 128) {
-      const std::uint8_t* src[R];
-      MOELA_UNROLL for (int r = 0; r < R; ++r) {
-        src[r] = rows[r] + c / 2;
-        prefetch_ahead<Ahead, Hint>(src[r]);
-      }
-      chunk(c, src, false);
-    }
-    if (kfull < K) {  // the last partial chunk, from zero-padded copies of the codes
-      alignas(64) std::uint8_t tail[R][64] = {};
-      const std::uint8_t* src[R];
-      for (int r = 0; r < R; ++r) {
-        std::memcpy(tail[r], rows[r] + kfull / 2, static_cast<std::size_t>((K - kfull) / 2));
-        src[r] = tail[r];
-      }
-      chunk(kfull, src, true);
-    }
+    int4_chunks<R, Ahead, Hint>(rows, K, chunk);
     for (int r = 0; r < rr; ++r)
       for (int m = 0; m < M; ++m)
         y[m * ldy + n + r] = hsum_ps_512<xsimd::avx512bw>(total[r][m]) -
