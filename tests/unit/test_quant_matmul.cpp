@@ -671,12 +671,13 @@ TEST_CASE_TEMPLATE("bf16 activations mode with int4 weights (the W4A16 GEMV): fl
   // K: odd_k (a last partial 128-code chunk for G = 32 and 64) and 2048 + 3 G (several full
   // chunks, then a partial one, or for G = 128 whole chunks only); N: 1, odd (a pass of fewer
   // rows than the kernel's 4 for M = 1, 2 for M = 2) and a multiple of them; M = 1..4 (the GEMV
-  // kernels) and 5, 13 (the fp32 GEMM on the rounded activations).
+  // kernels), 5 and 13 (blocks of 4 activation rows and a last shorter one) and, past
+  // bf16_gemv_max_rows, 300 (the fast mode's GEMM on the rounded activations).
   std::mt19937 rng(31);
   for (index_t k : {odd_k<F>(), index_t{2048 + 3 * F::group}})
     for (index_t n : {index_t{1}, index_t{33}, index_t{64}})
-      for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{5}, index_t{13}})
-        check_bf16_mode<F>(rng, m, k, n);
+      for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{5}, index_t{13}, index_t{300}})
+        if (m < 300 || (k < 2048 && n == 33)) check_bf16_mode<F>(rng, m, k, n);
 }
 
 TEST_CASE("int4_group_a16 defaults to bf16 activations: the result differs from the fast mode") {

@@ -34,7 +34,7 @@
 ///  - `bf16_activations` (bf16, fp8_block and int4_group formats): activations rounded to bf16
 ///    and multiplied exactly with the weight codes, fp32 sums (block or group scale per block or
 ///    group); on AVX512-BF16 the `vdpbf16ps` GEMM for bf16 and FP8 weights with M > 4 (~2x the
-///    fast mode's rate) and the `vdpbf16ps` GEMV for int4 weights with M <= 4 (int4 decode at
+///    fast mode's rate) and the `vdpbf16ps` GEMV for int4 weights with M <= 256 (int4 decode at
 ///    memory speed, which the fast mode's fp32 decode is not on two Zen 4 cores); see
 ///    quant::mode. Use it where bf16 activations are accurate enough (they are what a BF16 model
 ///    runs on): prefill with bf16 or FP8 weights, decode with int4 weights (`int4_group_a16<G>`
@@ -120,7 +120,7 @@ void matmul_int8_rows(tensor_view<float, 2> y, const quant::int8_activation_rows
                          xq.values().data(), m, w);
 }
 
-/// The formats the `vdpbf16ps` GEMM takes (bf16 and FP8; int4 with M > 4 multiplies in fp32).
+/// The formats the `vdpbf16ps` GEMM takes (bf16 and FP8; int4 takes the GEMV, bf16_gemv_runs).
 template <class Format>
 inline constexpr bool bf16_gemm_format = quant::bf16_exact_format<Format> && !Format::packed4;
 

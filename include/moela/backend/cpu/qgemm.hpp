@@ -697,34 +697,51 @@ void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[m
   qgemm<Arch, F, false>(y, ldy, xd, K, M, w, nullptr);
 }
 
-/// Whether `qgemv_bf16` has a kernel for format F, m rows, on Arch: int4_group weights, m <= 4,
-/// an AVX-512 Arch with the AVX512-BF16 kernels compiled in.
+/// Most activation rows `qgemv_bf16` takes; more go to the fast mode's packed GEMM on the rounded
+/// rows. Measured (2 threads, Zen 4, int4_group<32>, N = 1408, K = 2048, weights in L3): the
+/// blocked GEMV at 175-235 GFLOP/s for every M >= 4, the fast GEMM 53-93 at M = 4-8, 150 at 48,
+/// 170-180 at 128-256, 180-210 at 512.
+inline constexpr index_t bf16_gemv_max_rows = 256;
+
+/// Whether `qgemv_bf16` has a kernel for format F, m rows, on Arch: int4_group weights, m <=
+/// bf16_gemv_max_rows, an AVX-512 Arch with the AVX512-BF16 kernels compiled in.
 template <class Arch, class F>
 constexpr bool bf16_gemv_runs([[maybe_unused]] index_t m) {
 #ifdef MOELA_AVX512_GEMV_BF16
-  return std::is_base_of_v<xsimd::avx512bw, Arch> && F::kind == quant::format_kind::int4_group && m <= 4;
+  return std::is_base_of_v<xsimd::avx512bw, Arch> && F::kind == quant::format_kind::int4_group && m <= bf16_gemv_max_rows;
 #else
   return false;
 #endif
 }
 
 /// y[M, N] (row stride ldy) = x[M, K] · Wᵀ for `quant::mode::bf16_activations` with an int4_group
-/// weight, M <= 4 (bf16_gemv_runs): bf16 activation rows `x` (stride ldx) times the exact codes,
-/// the `vdpbf16ps` GEMV of gemv_bf16_avx512.hpp, rows split across threads.
+/// weight (bf16_gemv_runs): bf16 activation rows `x` (stride ldx) times the exact codes, the
+/// `vdpbf16ps` GEMV of gemv_bf16_avx512.hpp, weight rows split across threads. M > 4 runs it on
+/// blocks of 4 activation rows over each 16 weight rows in turn, so a block's codes are read
+/// from memory once and from L1 for the other activation blocks.
 template <class Arch, class F>
 void qgemv_bf16([[maybe_unused]] float* y, [[maybe_unused]] index_t ldy, [[maybe_unused]] const bf16* x,
                 [[maybe_unused]] index_t ldx, [[maybe_unused]] index_t M, [[maybe_unused]] const qmatrix<F>& w) {
 #ifdef MOELA_AVX512_GEMV_BF16
   if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch> && F::kind == quant::format_kind::int4_group) {
     const index_t N = w.rows(), K = w.cols(), ldp = (K + 127) / 128 * 128, ng = K / F::group;
-    with_small_m(M, [&]<int MM>(std::integral_constant<int, MM>) {
-      // The calling thread's buffers, grown once and reused; the workers get plain pointers.
-      thread_local std::vector<bf16> xp_buf;
-      thread_local std::vector<float> gsum_buf;
-      bf16* xp = grown(xp_buf, MM * ldp);
-      float* gsum = grown(gsum_buf, MM * ng);
-      for (int m = 0; m < MM; ++m) bf16_int4_prepare(x + m * ldx, K, F::group, xp + m * ldp, gsum + m * ng);
-      parallel_for(N, [&](index_t a, index_t b) { gemv_bf16_avx512_int4<F, MM>(w, xp, ldp, gsum, a, b, y, ldy); });
+    // The calling thread's buffers, grown once and reused; the workers get plain pointers.
+    thread_local std::vector<bf16> xp_buf;
+    thread_local std::vector<float> gsum_buf;
+    bf16* xp = grown(xp_buf, M * ldp);
+    float* gsum = grown(gsum_buf, M * ng);
+    for (index_t m = 0; m < M; ++m) bf16_int4_prepare(x + m * ldx, K, F::group, xp + m * ldp, gsum + m * ng);
+    // Activation rows [m0, m0 + min(4, M - m0)) times weight rows [a, b).
+    auto block = [&](index_t m0, index_t a, index_t b) {
+      with_small_m(std::min<index_t>(4, M - m0), [&]<int MM>(std::integral_constant<int, MM>) {
+        gemv_bf16_avx512_int4<F, MM>(w, xp + m0 * ldp, ldp, gsum + m0 * ng, a, b, y + m0 * ldy, ldy);
+      });
+    };
+    constexpr index_t nb = 16;  // weight rows per pass over the activation blocks
+    parallel_for(N, [&](index_t a, index_t b) {
+      if (M <= 4) return block(0, a, b);
+      for (index_t n = a; n < b; n += nb)
+        for (index_t m0 = 0; m0 < M; m0 += 4) block(m0, n, std::min(b, n + nb));
     });
     return;
   }

@@ -1,7 +1,8 @@
 #pragma once
 /// \file moela/backend/cpu/x86/gemv_bf16_avx512.hpp
 /// The `quant::mode::bf16_activations` GEMV for int4_group weights, M = 1..4 rows, on AVX512-BF16
-/// (internal; used by moela/backend/cpu/qgemm.hpp, `qgemv_bf16`).
+/// (internal; used by moela/backend/cpu/qgemm.hpp, `qgemv_bf16`, which runs more rows in blocks
+/// of 4).
 ///
 /// The fp32-activation kernel of gemv_avx512.hpp spends 16 decode ops and 8 FMAs on 128 int4
 /// weights, which on Zen 4 (512-bit ops in two 256-bit halves) is slower than DRAM delivers the
