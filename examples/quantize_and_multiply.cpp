@@ -45,8 +45,9 @@ void report(const char* name, const moela::tensor<float, 2>& w_f32, const moela:
     std::printf("   with int8 activations: %.2e", rel_err(y, y_ref));
   }
   if constexpr (q::bf16_exact_format<F>) {
-    // activations rounded to bf16, exact products with the weight values (vdpbf16ps for M > 4
-    // on AVX512-BF16); a with_mode<F, mode::bf16_activations> format (bf16_a16) makes it the default.
+    // activations rounded to bf16, exact products with the weight codes (on AVX512-BF16 vdpbf16ps:
+    // the GEMM for bf16 and FP8 with M > 4, the GEMV for int4 up to 256 rows); a
+    // with_mode<F, mode::bf16_activations> format (bf16_a16, int4_group_a16<32>) makes it the default.
     moela::matmul(y.view(), x.cview(), w, q::mode::bf16_activations{});
     std::printf("   with bf16 activations: %.2e", rel_err(y, y_ref));
   }
