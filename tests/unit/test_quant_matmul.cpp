@@ -670,7 +670,7 @@ TEST_CASE_TEMPLATE("bf16 activations mode with int4 weights (the W4A16 GEMV): fl
                    q::int4_group<32>, q::int4_group<64, q::int4_asym>, q::int4_group<128, q::int4_sym, moela::bf16>) {
   // K: odd_k (a last partial 128-code chunk for G = 32 and 64) and 2048 + 3 G (several full
   // chunks, then a partial one, or for G = 128 whole chunks only); N: 1, odd (a pass of fewer
-  // rows than the kernel's 4 for M = 1, 2 for M = 2) and a multiple of them; M = 1..4 (the GEMV
+  // rows than the kernel's 4 for M = 1, 2 for M > 1) and a multiple of them; M = 1..4 (the GEMV
   // kernels), 5 and 13 (blocks of 4 activation rows and a last shorter one) and, past
   // bf16_gemv_max_rows, 300 (the fast mode's GEMM on the rounded activations).
   std::mt19937 rng(31);

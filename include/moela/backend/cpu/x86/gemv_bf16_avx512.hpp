@@ -87,7 +87,9 @@ inline void bf16_int4_prepare(const bf16* x, index_t K, index_t G, bf16* xp, flo
 /// y[m, n] for n in [n0, n1), m < M: int4_group weights, activations `xp` from bf16_int4_prepare
 /// (rows of stride ldp, a multiple of 128) and their group sums `gsum` (rows of stride K / G).
 ///
-/// R rows share each activation load. A last partial chunk (K % 128 = 32, 64 or 96) goes
+/// Per chunk, for each pair s: the s-th activation vector of each of the M rows is loaded once and
+/// multiplied with pair s of R weight rows (one accumulator per row and activation row, 4 chained
+/// `vdpbf16ps`, then one FMA with the lane scales). A last partial chunk (K % 128 = 32, 64 or 96) goes
 /// through the same chunk body from a zero-padded copy of the row's last codes (int4_chunks):
 /// xp is zero past K, and the lanes of the groups past K get scale 0.
 template <class F, int M>
@@ -95,7 +97,7 @@ void gemv_bf16_avx512_int4(const qmatrix<F>& w, const bf16* xp, index_t ldp, con
                            float* y, index_t ldy) {
   static_assert(F::kind == quant::format_kind::int4_group);
   constexpr index_t G = F::group;
-  constexpr int R = M == 1 ? 4 : (M == 2 ? 2 : 1);  // rows per pass
+  constexpr int R = M == 1 ? 4 : 2;  // rows per pass
   const index_t K = w.cols(), ng = K / G;
   const __m512i mask = _mm512_set1_epi32(0x00780078);  // bits 3..6 of both bf16 words
   // 1.0 in both words; symmetric codes also flip the nibble's sign bit (bit 6) to get u = c + 8.
@@ -111,26 +113,28 @@ void gemv_bf16_avx512_int4(const qmatrix<F>& w, const bf16* xp, index_t ldp, con
     // One 128-code chunk at code c, row r's 64 code bytes at src[r]; `partial`: the last chunk,
     // shorter than 128 codes (a constant at each call).
     auto chunk = [&](index_t c, const std::uint8_t* const (&src)[R], bool partial) MOELA_ALWAYS_INLINE_LAMBDA {
-      __m512i xv[M][4];
-      MOELA_UNROLL for (int m = 0; m < M; ++m) MOELA_UNROLL for (int s = 0; s < 4; ++s) xv[m][s] =
-          _mm512_loadu_si512(xp + m * ldp + c + 32 * s);
+      __m512i v[R];
+      __m512 acc[R][M];
       MOELA_UNROLL for (int r = 0; r < R; ++r) {
-        const __m512i v = _mm512_loadu_si512(src[r]);
-        __m512i wv[4];
-        wv[0] = _mm512_ternarylogic_epi32(_mm512_slli_epi32(v, 3), mask, one, ternlog_select_xor);
-        wv[1] = _mm512_ternarylogic_epi32(_mm512_srli_epi32(v, 1), mask, one, ternlog_select_xor);
-        wv[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi32(v, 5), mask, one, ternlog_select_xor);
-        wv[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi32(v, 9), mask, one, ternlog_select_xor);
+        v[r] = _mm512_loadu_si512(src[r]);
+        MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+      }
+      // Pair s of every row: codes 8i + s and 8i + s + 4 of lane i, times the activations' s-th
+      // vector of each of the M rows.
+      MOELA_UNROLL for (int s = 0; s < 4; ++s) {
+        __m512i xv[M];
+        MOELA_UNROLL for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_si512(xp + m * ldp + c + 32 * s);
+        MOELA_UNROLL for (int r = 0; r < R; ++r) {
+          const __m512i t = s == 0 ? _mm512_slli_epi32(v[r], 3) : _mm512_srli_epi32(v[r], 4 * s - 3);
+          const __m512i wv = _mm512_ternarylogic_epi32(t, mask, one, ternlog_select_xor);
+          MOELA_UNROLL for (int m = 0; m < M; ++m) acc[r][m] =
+              _mm512_dpbf16_ps(acc[r][m], reinterpret_cast<const __m512bh&>(wv), reinterpret_cast<const __m512bh&>(xv[m]));
+        }
+      }
+      MOELA_UNROLL for (int r = 0; r < R; ++r) {
         const __m512 sw = partial ? a8_lane_scales_partial<G>(srow[r] + c / G, (K - c) / G)
                                   : a8_lane_scales<G>(srow[r] + c / G);
-        MOELA_UNROLL for (int m = 0; m < M; ++m) {
-          __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();  // two chains
-          a0 = _mm512_dpbf16_ps(a0, reinterpret_cast<const __m512bh&>(wv[0]), reinterpret_cast<const __m512bh&>(xv[m][0]));
-          a1 = _mm512_dpbf16_ps(a1, reinterpret_cast<const __m512bh&>(wv[1]), reinterpret_cast<const __m512bh&>(xv[m][1]));
-          a0 = _mm512_dpbf16_ps(a0, reinterpret_cast<const __m512bh&>(wv[2]), reinterpret_cast<const __m512bh&>(xv[m][2]));
-          a1 = _mm512_dpbf16_ps(a1, reinterpret_cast<const __m512bh&>(wv[3]), reinterpret_cast<const __m512bh&>(xv[m][3]));
-          total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), sw, total[r][m]);
-        }
+        MOELA_UNROLL for (int m = 0; m < M; ++m) total[r][m] = _mm512_fmadd_ps(acc[r][m], sw, total[r][m]);
       }
     };
     int4_chunks<R, gemv_fast_prefetch_bytes, _MM_HINT_T1>(rw.codes, K, chunk);
