@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include <moela/io/config.hpp>
+#include <moela/io/json_value.hpp>
 
 #include <cmath>
 #include <string>
@@ -202,4 +203,25 @@ TEST_CASE("config: n_group / topk_group are checked only for the group-limited m
     CHECK(msg.find("topk_group 1") != std::string::npos);
     CHECK(msg.find("n_group 8") != std::string::npos);
   }
+}
+
+TEST_CASE("io::json_fields: absent and null take the default, a wrong type names the field") {
+  const auto j = nlohmann::json::parse(R"({"a": 2048.0, "b": null, "s": "x", "t": true, "n": 1e-6,
+    "bad": "64", "o": {"k": [1]}})");
+  const moela::io::json_fields f(j, "reader: 'cfg'");
+  CHECK(f.integer("a", 1) == 2048);  // an integral float is an integer
+  CHECK(f.integer("b", 7) == 7);     // null: the default
+  CHECK(f.integer("missing", 9) == 9);
+  CHECK(f.required_integer("missing", 5) == 5);
+  CHECK(f.string("s", "") == "x");
+  CHECK(f.boolean("t", false));
+  CHECK(f.number("n", 0) == 1e-6);
+  CHECK_THROWS_WITH_AS((void)f.integer("bad", 0), "reader: 'cfg' field 'bad' must be an integer, got \"64\"",
+                       moela::error);
+  CHECK_THROWS_WITH_AS((void)f.required_integer("missing", 0), "reader: 'cfg' has no 'missing'", moela::error);
+  CHECK_THROWS_WITH_AS((void)f.boolean("s", false), "reader: 'cfg' field 's' must be true or false, got \"x\"",
+                       moela::error);
+  const moela::io::json_fields o(f.at("o"), "reader: 'cfg'", "o.");
+  CHECK_THROWS_WITH_AS((void)o.number("k", 0), "reader: 'cfg' field 'o.k' must be a number, got [1]", moela::error);
+  CHECK_THROWS_WITH_AS((void)o.required_integer("z", 0), "reader: 'cfg' has no 'o.z'", moela::error);
 }

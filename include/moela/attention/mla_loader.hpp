@@ -36,14 +36,6 @@
 
 namespace moela::attn {
 
-namespace detail {
-/// Throws "mla_config_from_hf: config field '<field>' <why...>".
-template <class... Why>
-[[noreturn]] void hf_field_error(const std::string& field, const Why&... why) {
-  fail("mla_config_from_hf: config field '", field, "' ", why...);
-}
-}  // namespace detail
-
 /// The MLA shape and RoPE of a Hugging Face DeepSeek `config.json`, read exactly as
 /// `io::parse_config` followed by `to_mla_config` (model/parts.hpp) reads them:
 /// - a field that is absent or null takes the value of `hf_mla_defaults_for(model_type)`
@@ -65,79 +57,49 @@ template <class... Why>
 /// io::parse_config rejects for the attention); the result is validated.
 inline mla_config mla_config_from_hf(const nlohmann::json& j) {
   check(j.is_object(), "mla_config_from_hf: config is not a JSON object");
-  auto present = [](const nlohmann::json& o, const char* k) { return o.contains(k) && !o[k].is_null(); };
-  auto string = [&](const nlohmann::json& o, const std::string& field, const char* k) -> std::string {
-    if (!present(o, k)) return "";
-    if (!o[k].is_string()) detail::hf_field_error(field, "must be a string, got ", o[k].dump());
-    return o[k].get<std::string>();
-  };
-  // An integer of `o`; `dflt` when absent or null, where a `required` default of 0 means none.
-  auto integer = [&](const nlohmann::json& o, const std::string& field, const char* k, index_t dflt,
-                     bool required = false) -> index_t {
-    if (!present(o, k)) {
-      if (required && dflt == 0) fail("mla_config_from_hf: config has no '", field, "'");
-      return dflt;
-    }
-    const auto& v = o[k];
-    if (const auto i = io::json_index(v)) return *i;
-    detail::hf_field_error(field, "must be an integer, got ", v.dump());
-  };
-  auto number = [&](const nlohmann::json& o, const std::string& field, const char* k, double dflt) -> double {
-    if (!present(o, k)) return dflt;
-    if (!o[k].is_number()) detail::hf_field_error(field, "must be a number, got ", o[k].dump());
-    return o[k].get<double>();
-  };
-
-  const std::string model_type = string(j, "model_type", "model_type");
+  const io::json_fields f(j, "mla_config_from_hf: config");
+  const std::string model_type = f.string("model_type", "");
   const auto d = hf_mla_defaults_for(model_type);
-  if (!d) detail::hf_field_error("model_type", "is '", model_type, "' (expected deepseek_v2 or deepseek_v3)");
+  if (!d) f.bad("model_type", "is '", model_type, "' (expected deepseek_v2 or deepseek_v3)");
 
+  // Sizes whose default is 0 (no default table: model_type absent) must be given.
   mla_config c;
-  c.hidden = integer(j, "hidden_size", "hidden_size", d->hidden_size, true);
-  c.heads = integer(j, "num_attention_heads", "num_attention_heads", d->num_attention_heads, true);
-  c.q_rank = j.contains("q_lora_rank") && j["q_lora_rank"].is_null()
-                 ? 0
-                 : integer(j, "q_lora_rank", "q_lora_rank", d->q_lora_rank);
-  c.kv_rank = integer(j, "kv_lora_rank", "kv_lora_rank", d->kv_lora_rank, true);
-  c.nope_dim = integer(j, "qk_nope_head_dim", "qk_nope_head_dim", d->qk_nope_head_dim, true);
-  c.rope_dim = integer(j, "qk_rope_head_dim", "qk_rope_head_dim", d->qk_rope_head_dim, true);
-  c.v_dim = integer(j, "v_head_dim", "v_head_dim", d->v_head_dim, true);
-  c.rms_eps = static_cast<float>(number(j, "rms_norm_eps", "rms_norm_eps", d->rms_norm_eps));
+  c.hidden = f.required_integer("hidden_size", d->hidden_size);
+  c.heads = f.required_integer("num_attention_heads", d->num_attention_heads);
+  c.q_rank = j.contains("q_lora_rank") && j["q_lora_rank"].is_null() ? 0 : f.integer("q_lora_rank", d->q_lora_rank);
+  c.kv_rank = f.required_integer("kv_lora_rank", d->kv_lora_rank);
+  c.nope_dim = f.required_integer("qk_nope_head_dim", d->qk_nope_head_dim);
+  c.rope_dim = f.required_integer("qk_rope_head_dim", d->qk_rope_head_dim);
+  c.v_dim = f.required_integer("v_head_dim", d->v_head_dim);
+  c.rms_eps = static_cast<float>(f.number("rms_norm_eps", d->rms_norm_eps));
   c.rope.dim = c.rope_dim;
-  c.rope.theta = number(j, "rope_theta", "rope_theta", d->rope_theta);
-  c.rope.max_positions =
-      integer(j, "max_position_embeddings", "max_position_embeddings", d->max_position_embeddings, true);
-  if (present(j, "rope_scaling")) {
-    const auto& r = j["rope_scaling"];
-    if (!r.is_object()) detail::hf_field_error("rope_scaling", "must be an object or null, got ", r.dump());
+  c.rope.theta = f.number("rope_theta", d->rope_theta);
+  c.rope.max_positions = f.required_integer("max_position_embeddings", d->max_position_embeddings);
+  if (f.has("rope_scaling")) {
+    const auto& rs = f.at("rope_scaling");
+    if (!rs.is_object()) f.bad("rope_scaling", "must be an object or null, got ", rs.dump());
+    const io::json_fields r(rs, "mla_config_from_hf: config", "rope_scaling.");
     // transformers writes "rope_type", older configs "type".
-    const std::string type = present(r, "rope_type") ? string(r, "rope_scaling.rope_type", "rope_type")
-                                                     : string(r, "rope_scaling.type", "type");
-    if (type.empty()) detail::hf_field_error("rope_scaling.type", "is missing");
-    if (type != "yarn") detail::hf_field_error("rope_scaling.type", "is '", type, "'; only 'yarn' is supported");
-    if (!present(r, "factor")) detail::hf_field_error("rope_scaling.factor", "is missing");
+    const std::string type = r.has("rope_type") ? r.string("rope_type", "") : r.string("type", "");
+    if (type.empty()) f.bad("rope_scaling.type", "is missing");
+    if (type != "yarn") f.bad("rope_scaling.type", "is '", type, "'; only 'yarn' is supported");
+    if (!r.has("factor")) f.bad("rope_scaling.factor", "is missing");
     c.rope.yarn = true;
-    c.rope.factor = number(r, "rope_scaling.factor", "factor", 1.0);
-    c.rope.original_max_positions = integer(r, "rope_scaling.original_max_position_embeddings",
-                                            "original_max_position_embeddings", d->original_max_position_embeddings);
-    c.rope.beta_fast = number(r, "rope_scaling.beta_fast", "beta_fast", d->beta_fast);
-    c.rope.beta_slow = number(r, "rope_scaling.beta_slow", "beta_slow", d->beta_slow);
-    c.rope.mscale = number(r, "rope_scaling.mscale", "mscale", d->mscale);
-    c.rope.mscale_all_dim = number(r, "rope_scaling.mscale_all_dim", "mscale_all_dim", d->mscale_all_dim);
+    c.rope.factor = r.number("factor", 1.0);
+    c.rope.original_max_positions = r.integer("original_max_position_embeddings", d->original_max_position_embeddings);
+    c.rope.beta_fast = r.number("beta_fast", d->beta_fast);
+    c.rope.beta_slow = r.number("beta_slow", d->beta_slow);
+    c.rope.mscale = r.number("mscale", d->mscale);
+    c.rope.mscale_all_dim = r.number("mscale_all_dim", d->mscale_all_dim);
     if (!(c.rope.factor >= 1.0) || !std::isfinite(c.rope.factor))
-      detail::hf_field_error("rope_scaling.factor", "must be >= 1, got ", c.rope.factor);
+      f.bad("rope_scaling.factor", "must be >= 1, got ", c.rope.factor);
   }
   // What this layer cannot run, rejected as io::parse_config rejects it (else the weights would
   // load and the outputs be silently wrong).
-  auto flag = [&](const char* k, bool dflt) {
-    if (!present(j, k)) return dflt;
-    if (!j[k].is_boolean()) detail::hf_field_error(k, "must be a boolean, got ", j[k].dump());
-    return j[k].get<bool>();
-  };
-  if (!flag("rope_interleave", true))
-    detail::hf_field_error("rope_interleave", "is false; DeepSeek checkpoints store interleaved rotary pairs");
-  if (flag("attention_bias", false))
-    detail::hf_field_error("attention_bias", "is true; DeepSeek models have no attention biases");
+  if (!f.boolean("rope_interleave", true))
+    f.bad("rope_interleave", "is false; DeepSeek checkpoints store interleaved rotary pairs");
+  if (f.boolean("attention_bias", false))
+    f.bad("attention_bias", "is true; DeepSeek models have no attention biases");
   c.validate();
   return c;
 }

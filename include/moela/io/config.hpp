@@ -170,46 +170,6 @@ struct model_config {
 
 namespace detail {
 
-class config_reader {
- public:
-  config_reader(const nlohmann::json& j, const std::string& src) : j_(j), src_(src) {}
-
-  [[noreturn]] void bad(const std::string& field, const std::string& why) const {
-    fail("config: '", src_, "' field '", field, "' ", why);
-  }
-  bool has(const char* k) const { return j_.contains(k) && !j_.at(k).is_null(); }
-
-  /// An integer field; `dflt` when absent or null.
-  index_t integer(const char* k, index_t dflt) const {
-    if (!has(k)) return dflt;
-    const auto& v = j_.at(k);
-    if (const auto i = json_index(v)) return *i;
-    bad(k, "must be an integer, got " + v.dump());
-  }
-  double number(const char* k, double dflt) const {
-    if (!has(k)) return dflt;
-    const auto& v = j_.at(k);
-    if (!v.is_number()) bad(k, "must be a number, got " + v.dump());
-    return v.get<double>();
-  }
-  bool boolean(const char* k, bool dflt) const {
-    if (!has(k)) return dflt;
-    const auto& v = j_.at(k);
-    if (!v.is_boolean()) bad(k, "must be true or false, got " + v.dump());
-    return v.get<bool>();
-  }
-  std::string string(const char* k, const std::string& dflt) const {
-    if (!has(k)) return dflt;
-    const auto& v = j_.at(k);
-    if (!v.is_string()) bad(k, "must be a string, got " + v.dump());
-    return v.get<std::string>();
-  }
-
- private:
-  const nlohmann::json& j_;
-  const std::string& src_;
-};
-
 inline std::string json_excerpt(const nlohmann::json& v) {
   std::string s = v.dump();
   return s.size() > 60 ? s.substr(0, 57) + "..." : s;
@@ -222,7 +182,7 @@ inline model_config parse_config(const std::string& text, const std::string& lab
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   check(!j.is_discarded(), "config: '", label, "' is not valid JSON");
   check(j.is_object(), "config: '", label, "' is not a JSON object");
-  detail::config_reader r(j, label);
+  const json_fields r(j, "config: '" + label + "'");
 
   model_config c;
   c.source = label;
@@ -298,46 +258,33 @@ inline model_config parse_config(const std::string& text, const std::string& lab
   if (r.has("rope_scaling")) {
     const auto& rs = j.at("rope_scaling");
     if (!rs.is_object()) r.bad("rope_scaling", "must be an object or null, got " + detail::json_excerpt(rs));
-    const std::string sub = label;
-    detail::config_reader rr(rs, sub);
-    auto field = [](const char* k) { return std::string("rope_scaling.") + k; };
+    const json_fields rr(rs, "config: '" + label + "'", "rope_scaling.");
     // transformers writes "rope_type", older configs "type".
     std::string type = rr.has("rope_type") ? rr.string("rope_type", "") : rr.string("type", "");
     if (type.empty()) r.bad("rope_scaling.type", "is missing");
     if (type != "yarn") r.bad("rope_scaling.type", "is '" + type + "'; DeepSeek models use 'yarn'");
     c.rope_scaling.type = type;
-    try {
-      if (!rr.has("factor")) r.bad(field("factor"), "is missing");
-      c.rope_scaling.factor = rr.number("factor", 1.0);
-      c.rope_scaling.original_max_position_embeddings =
-          rr.integer("original_max_position_embeddings", ad.original_max_position_embeddings);
-      c.rope_scaling.beta_fast = rr.number("beta_fast", ad.beta_fast);
-      c.rope_scaling.beta_slow = rr.number("beta_slow", ad.beta_slow);
-      c.rope_scaling.mscale = rr.number("mscale", ad.mscale);
-      c.rope_scaling.mscale_all_dim = rr.number("mscale_all_dim", ad.mscale_all_dim);
-    } catch (const moela::error& e) {
-      // The nested reader names the key only; say it lives under rope_scaling.
-      std::string m = e.what();
-      const auto at = m.find("field '");
-      if (at != std::string::npos && m.compare(at + 7, 13, "rope_scaling.") != 0) m.insert(at + 7, "rope_scaling.");
-      throw moela::error(m);
-    }
+    if (!rr.has("factor")) r.bad("rope_scaling.factor", "is missing");
+    c.rope_scaling.factor = rr.number("factor", 1.0);
+    c.rope_scaling.original_max_position_embeddings =
+        rr.integer("original_max_position_embeddings", ad.original_max_position_embeddings);
+    c.rope_scaling.beta_fast = rr.number("beta_fast", ad.beta_fast);
+    c.rope_scaling.beta_slow = rr.number("beta_slow", ad.beta_slow);
+    c.rope_scaling.mscale = rr.number("mscale", ad.mscale);
+    c.rope_scaling.mscale_all_dim = rr.number("mscale_all_dim", ad.mscale_all_dim);
   }
 
   if (r.has("quantization_config")) {
     const auto& q = j.at("quantization_config");
     if (!q.is_object()) r.bad("quantization_config", "must be an object");
-    detail::config_reader qr(q, label);
+    const json_fields qr(q, "config: '" + label + "'", "quantization_config.");
     auto& qc = c.quantization;
     qc.present = true;
-    qc.quant_method = qr.has("quant_method") ? qr.string("quant_method", "") : "";
+    qc.quant_method = qr.string("quant_method", "");
     if (qc.quant_method != "fp8")
       r.bad("quantization_config.quant_method", "is '" + qc.quant_method + "'; moela reads 'fp8' block quantization");
-    if (q.contains("fmt") && !q.at("fmt").is_string()) r.bad("quantization_config.fmt", "must be a string");
     qc.fmt = qr.string("fmt", "e4m3");
     if (qc.fmt != "e4m3") r.bad("quantization_config.fmt", "is '" + qc.fmt + "'; only 'e4m3' is supported");
-    if (q.contains("activation_scheme") && !q.at("activation_scheme").is_string())
-      r.bad("quantization_config.activation_scheme", "must be a string");
     qc.activation_scheme = qr.string("activation_scheme", "dynamic");
     if (q.contains("weight_block_size") && !q.at("weight_block_size").is_null()) {
       const auto& b = q.at("weight_block_size");
@@ -348,10 +295,7 @@ inline model_config parse_config(const std::string& text, const std::string& lab
       if (qc.block_rows <= 0 || qc.block_cols <= 0)
         r.bad("quantization_config.weight_block_size", "must be positive, got " + detail::json_excerpt(b));
     }
-    if (q.contains("scale_fmt") && !q.at("scale_fmt").is_null()) {
-      if (!q.at("scale_fmt").is_string()) r.bad("quantization_config.scale_fmt", "must be a string");
-      qc.scale_fmt = q.at("scale_fmt").get<std::string>();
-    }
+    if (qr.has("scale_fmt")) qc.scale_fmt = qr.string("scale_fmt", "");
   }
   if (r.has("scale_fmt")) c.quantization.scale_fmt = r.string("scale_fmt", "");
 

@@ -181,65 +181,31 @@ constexpr std::optional<moe_config> hf_moe_defaults_for(std::string_view model_t
 
 inline moe_config moe_config::from_hf_json(const nlohmann::json& j) {
   check(j.is_object(), "moe_config: config.json is not a JSON object");
-  auto opt = [&](const char* key) -> const nlohmann::json* {
-    return j.contains(key) && !j[key].is_null() ? &j[key] : nullptr;
-  };
-  auto string = [&](const char* key) -> std::string {
-    const auto* v = opt(key);
-    if (v == nullptr) return "";
-    check(v->is_string(), "moe_config: config.json field '", key, "' must be a string, got ", v->dump());
-    return v->get<std::string>();
-  };
-  const std::string model_type = string("model_type");
+  const io::json_fields f(j, "moe_config: config.json");
+  const std::string model_type = f.string("model_type", "");
   const auto d = hf_moe_defaults_for(model_type);
-  check(d.has_value(), "moe_config: config.json field 'model_type' is '", model_type,
-        "' (expected deepseek_v2 or deepseek_v3)");
-  // An integer field; `dflt` when absent or null, where a default of 0 (`required`) means none.
-  auto integer = [&](const char* key, index_t dflt, bool required = false) -> index_t {
-    const auto* v = opt(key);
-    if (v == nullptr) {
-      check(!(required && dflt == 0), "moe_config: config.json has no '", key, "'");
-      return dflt;
-    }
-    if (const auto i = io::json_index(*v)) return *i;
-    fail("moe_config: config.json field '", key, "' must be an integer, got ", v->dump());
-  };
-  check(!(j.contains("n_routed_experts") && j["n_routed_experts"].is_null()),
-        "moe_config: config.json field 'n_routed_experts' is null (a model without MoE layers)");
+  if (!d) f.bad("model_type", "is '", model_type, "' (expected deepseek_v2 or deepseek_v3)");
+  if (j.contains("n_routed_experts") && j["n_routed_experts"].is_null())
+    f.bad("n_routed_experts", "is null (a model without MoE layers)");
   moe_config c;
-  c.hidden_size = integer("hidden_size", d->hidden_size, true);
-  c.n_routed_experts = integer("n_routed_experts", d->n_routed_experts, true);
-  c.num_experts_per_tok = integer("num_experts_per_tok", d->num_experts_per_tok, true);
-  c.moe_intermediate_size = integer("moe_intermediate_size", d->moe_intermediate_size, true);
-  c.n_shared_experts = integer("n_shared_experts", d->n_shared_experts);
-  c.n_group = integer("n_group", d->n_group);
-  c.topk_group = integer("topk_group", d->topk_group);
-  c.norm_topk_prob = d->norm_topk_prob;
-  if (auto* v = opt("norm_topk_prob")) {
-    check(v->is_boolean(), "moe_config: config.json field 'norm_topk_prob' must be a boolean, got ", v->dump());
-    c.norm_topk_prob = v->get<bool>();
-  }
-  c.routed_scaling_factor = static_cast<float>(d->routed_scaling_factor);
-  if (auto* v = opt("routed_scaling_factor")) {
-    check(v->is_number(), "moe_config: config.json field 'routed_scaling_factor' must be a number, got ",
-          v->dump());
-    c.routed_scaling_factor = static_cast<float>(v->get<double>());
-  }
-  c.scoring_func = d->scoring_func;
-  if (auto* v = opt("scoring_func")) {
-    const std::string s = v->is_string() ? v->get<std::string>() : v->dump();
-    const auto f = v->is_string() ? score_fn_from_hf(s) : std::nullopt;
-    check(f.has_value(), "moe_config: config.json field 'scoring_func' is '", s, "' (expected softmax or sigmoid)");
-    c.scoring_func = *f;
-  }
-  c.topk_method = d->topk_method;
-  if (auto* v = opt("topk_method")) {
-    const std::string s = v->is_string() ? v->get<std::string>() : v->dump();
-    const auto r = v->is_string() ? topk_rule_from_hf(s) : std::nullopt;
-    check(r.has_value(), "moe_config: config.json field 'topk_method' is '", s,
-          "' (expected greedy, group_limited_greedy or noaux_tc)");
-    c.topk_method = *r;
-  }
+  // Sizes whose default is 0 (no default table: model_type absent) must be given.
+  c.hidden_size = f.required_integer("hidden_size", d->hidden_size);
+  c.n_routed_experts = f.required_integer("n_routed_experts", d->n_routed_experts);
+  c.num_experts_per_tok = f.required_integer("num_experts_per_tok", d->num_experts_per_tok);
+  c.moe_intermediate_size = f.required_integer("moe_intermediate_size", d->moe_intermediate_size);
+  c.n_shared_experts = f.integer("n_shared_experts", d->n_shared_experts);
+  c.n_group = f.integer("n_group", d->n_group);
+  c.topk_group = f.integer("topk_group", d->topk_group);
+  c.norm_topk_prob = f.boolean("norm_topk_prob", d->norm_topk_prob);
+  c.routed_scaling_factor = static_cast<float>(f.number("routed_scaling_factor", d->routed_scaling_factor));
+  const std::string scoring = f.string("scoring_func", to_string(d->scoring_func));
+  const auto sf = score_fn_from_hf(scoring);
+  if (!sf) f.bad("scoring_func", "is '", scoring, "' (expected softmax or sigmoid)");
+  c.scoring_func = *sf;
+  const std::string method = f.string("topk_method", to_string(d->topk_method));
+  const auto tr = topk_rule_from_hf(method);
+  if (!tr) f.bad("topk_method", "is '", method, "' (expected greedy, group_limited_greedy or noaux_tc)");
+  c.topk_method = *tr;
   c.validate();
   return c;
 }
