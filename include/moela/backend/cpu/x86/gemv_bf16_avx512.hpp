@@ -61,12 +61,9 @@ inline void bf16_int4_prepare(const bf16* x, index_t K, index_t G, bf16* xp, flo
   };
   const index_t Kp = (K + 127) / 128 * 128;
   for (index_t c = 0; c < Kp; c += 128) {
-    __m512i in[4];
-    for (int q = 0; q < 4; ++q) {
-      const index_t left = std::clamp<index_t>(K - (c + 32 * q), 0, 32);
-      in[q] = left == 0 ? _mm512_setzero_si512()
-                        : flush(_mm512_maskz_loadu_epi16(left == 32 ? ~__mmask32{0} : (__mmask32{1} << left) - 1, x + c + 32 * q));
-    }
+    __m512i in[4];  // K is a multiple of 32 (of G): a 32-word block is all in K or all past it
+    for (int q = 0; q < 4; ++q)
+      in[q] = c + 32 * q < K ? flush(_mm512_loadu_si512(x + c + 32 * q)) : _mm512_setzero_si512();
     for (int s = 0; s < 4; ++s) {
       const __m512i idx = _mm512_add_epi16(idx0, _mm512_set1_epi16(static_cast<short>(s)));
       const __m512i lo = _mm512_permutex2var_epi16(in[0], idx, in[1]), hi = _mm512_permutex2var_epi16(in[2], idx, in[3]);
