@@ -29,6 +29,7 @@
 /// memory bound for M <= 4: the target is the weights streamed at the triad bandwidth.
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 
@@ -45,39 +46,47 @@ namespace moela::detail {
 /// `xp[c + 32 s + 2 i + h] = x[c + 8 i + s + 4 h]` (s < 4, i < 16, h < 2: the order of the
 /// decoder's bf16 pairs), zeros past K (xp holds K rounded up to 128), bf16 subnormals flushed
 /// to zero; `gsum[g]` = Σ of those values over weight group g (G wide, a multiple of 32, K a
-/// multiple of G), in fp32. Per chunk: 8 two-source word permutes and 4 blends, 4 flushes; the group sums
-/// from 32 values at a time.
+/// multiple of G), in fp32. One pass over x: per chunk 4 loads and flushes, 8 two-source word
+/// permutes and 4 blends; each 32-word block (inside one group) also widened into its group's sum.
 inline void bf16_int4_prepare(const bf16* x, index_t K, index_t G, bf16* xp, float* gsum) {
   // Output word 2i + h of vector s takes input word 8i + 4h + s: of the chunk's first 64 words
   // (i < 8, the low 16 outputs) or of its last 64 (i >= 8, the high 16), 6-bit indices into a
   // pair of 32-word registers.
-  alignas(64) std::int16_t base[32];
-  for (int i = 0; i < 16; ++i)
-    for (int h = 0; h < 2; ++h) base[2 * i + h] = static_cast<std::int16_t>((8 * i + 4 * h) % 64);
-  const __m512i idx0 = _mm512_load_si512(base);
+  static constexpr auto base = [] {
+    std::array<std::int16_t, 32> b{};
+    for (int i = 0; i < 16; ++i)
+      for (int h = 0; h < 2; ++h) b[static_cast<std::size_t>(2 * i + h)] = static_cast<std::int16_t>((8 * i + 4 * h) % 64);
+    return b;
+  }();
+  __m512i idx[4];
+  for (int s = 0; s < 4; ++s)
+    idx[s] = _mm512_add_epi16(_mm512_loadu_si512(base.data()), _mm512_set1_epi16(static_cast<short>(s)));
   const __mmask32 low = 0x0000FFFFu;
-  auto flush = [](__m512i v) {  // words whose exponent is 0 (zero, subnormal) become +0
-    return _mm512_maskz_mov_epi16(_mm512_test_epi16_mask(v, _mm512_set1_epi16(0x7F80)), v);
-  };
+  const __m512i high_words = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 acc = _mm512_setzero_ps();  // the current group's sum
   const index_t Kp = (K + 127) / 128 * 128;
   for (index_t c = 0; c < Kp; c += 128) {
     __m512i in[4];  // K is a multiple of 32 (of G): a 32-word block is all in K or all past it
-    for (int q = 0; q < 4; ++q)
-      in[q] = c + 32 * q < K ? flush(_mm512_loadu_si512(x + c + 32 * q)) : _mm512_setzero_si512();
+    for (int q = 0; q < 4; ++q) {
+      const index_t k = c + 32 * q;
+      if (k >= K) {
+        in[q] = _mm512_setzero_si512();
+        continue;
+      }
+      // Words whose exponent is 0 (zero, subnormal) become +0.
+      const __m512i v = _mm512_loadu_si512(x + k);
+      in[q] = _mm512_maskz_mov_epi16(_mm512_test_epi16_mask(v, _mm512_set1_epi16(0x7F80)), v);
+      acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_slli_epi32(in[q], 16)));  // even words
+      acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_and_si512(in[q], high_words)));
+      if ((k + 32) % G == 0) {
+        gsum[k / G] = hsum_ps_512<xsimd::avx512bw>(acc);
+        acc = _mm512_setzero_ps();
+      }
+    }
     for (int s = 0; s < 4; ++s) {
-      const __m512i idx = _mm512_add_epi16(idx0, _mm512_set1_epi16(static_cast<short>(s)));
-      const __m512i lo = _mm512_permutex2var_epi16(in[0], idx, in[1]), hi = _mm512_permutex2var_epi16(in[2], idx, in[3]);
+      const __m512i lo = _mm512_permutex2var_epi16(in[0], idx[s], in[1]), hi = _mm512_permutex2var_epi16(in[2], idx[s], in[3]);
       _mm512_storeu_si512(xp + c + 32 * s, _mm512_mask_blend_epi16(low, hi, lo));
     }
-  }
-  for (index_t g = 0; g < K / G; ++g) {
-    __m512 acc = _mm512_setzero_ps();
-    for (index_t k = g * G; k < (g + 1) * G; k += 32) {
-      const __m512i v = flush(_mm512_loadu_si512(x + k));
-      acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));  // even words
-      acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)))));
-    }
-    gsum[g] = hsum_ps_512<xsimd::avx512bw>(acc);
   }
 }
 
