@@ -221,7 +221,12 @@ TEST_CASE("io::json_fields: absent and null take the default, a wrong type names
   CHECK_THROWS_WITH_AS((void)f.required_integer("missing", 0), "reader: 'cfg' has no 'missing'", moela::error);
   CHECK_THROWS_WITH_AS((void)f.boolean("s", false), "reader: 'cfg' field 's' must be true or false, got \"x\"",
                        moela::error);
-  const moela::io::json_fields o(f.at("o"), "reader: 'cfg'", "o.");
+  CHECK(f.is_null("b"));
+  CHECK_FALSE(f.is_null("a"));
+  CHECK_FALSE(f.is_null("missing"));
+  CHECK_THROWS_WITH_AS((void)f.object("s"), "reader: 'cfg' field 's' must be an object or null, got \"x\"",
+                       moela::error);
+  const moela::io::json_fields o = f.object("o");
   CHECK_THROWS_WITH_AS((void)o.number("k", 0), "reader: 'cfg' field 'o.k' must be a number, got [1]", moela::error);
   CHECK_THROWS_WITH_AS((void)o.required_integer("z", 0), "reader: 'cfg' has no 'o.z'", moela::error);
 }

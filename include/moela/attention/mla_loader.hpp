@@ -66,7 +66,7 @@ inline mla_config mla_config_from_hf(const nlohmann::json& j) {
   mla_config c;
   c.hidden = f.required_integer("hidden_size", d->hidden_size);
   c.heads = f.required_integer("num_attention_heads", d->num_attention_heads);
-  c.q_rank = j.contains("q_lora_rank") && j["q_lora_rank"].is_null() ? 0 : f.integer("q_lora_rank", d->q_lora_rank);
+  c.q_rank = f.is_null("q_lora_rank") ? 0 : f.integer("q_lora_rank", d->q_lora_rank);
   c.kv_rank = f.required_integer("kv_lora_rank", d->kv_lora_rank);
   c.nope_dim = f.required_integer("qk_nope_head_dim", d->qk_nope_head_dim);
   c.rope_dim = f.required_integer("qk_rope_head_dim", d->qk_rope_head_dim);
@@ -76,9 +76,7 @@ inline mla_config mla_config_from_hf(const nlohmann::json& j) {
   c.rope.theta = f.number("rope_theta", d->rope_theta);
   c.rope.max_positions = f.required_integer("max_position_embeddings", d->max_position_embeddings);
   if (f.has("rope_scaling")) {
-    const auto& rs = f.at("rope_scaling");
-    if (!rs.is_object()) f.bad("rope_scaling", "must be an object or null, got ", rs.dump());
-    const io::json_fields r(rs, "mla_config_from_hf: config", "rope_scaling.");
+    const io::json_fields r = f.object("rope_scaling");
     // transformers writes "rope_type", older configs "type".
     const std::string type = r.has("rope_type") ? r.string("rope_type", "") : r.string("type", "");
     if (type.empty()) f.bad("rope_scaling.type", "is missing");

@@ -168,15 +168,6 @@ struct model_config {
   void validate() const;
 };
 
-namespace detail {
-
-inline std::string json_excerpt(const nlohmann::json& v) {
-  std::string s = v.dump();
-  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
-}
-
-}  // namespace detail
-
 /// Parses config.json text. `label` names the source in error messages.
 inline model_config parse_config(const std::string& text, const std::string& label = "<config>") {
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -212,14 +203,14 @@ inline model_config parse_config(const std::string& text, const std::string& lab
   c.num_attention_heads = r.integer("num_attention_heads", ad.num_attention_heads);
   c.num_key_value_heads = r.integer("num_key_value_heads", v3 ? 128 : c.num_attention_heads);
   // q_lora_rank: null means "no query compression"; absent means the HF default 1536.
-  if (j.contains("q_lora_rank") && j.at("q_lora_rank").is_null()) c.q_lora_rank = 0;
+  if (r.is_null("q_lora_rank")) c.q_lora_rank = 0;
   else c.q_lora_rank = r.integer("q_lora_rank", ad.q_lora_rank);
   c.kv_lora_rank = r.integer("kv_lora_rank", ad.kv_lora_rank);
   c.qk_nope_head_dim = r.integer("qk_nope_head_dim", ad.qk_nope_head_dim);
   c.qk_rope_head_dim = r.integer("qk_rope_head_dim", ad.qk_rope_head_dim);
   c.v_head_dim = r.integer("v_head_dim", ad.v_head_dim);
 
-  if (j.contains("n_routed_experts") && j.at("n_routed_experts").is_null()) c.n_routed_experts = 0;
+  if (r.is_null("n_routed_experts")) c.n_routed_experts = 0;
   else c.n_routed_experts = r.integer("n_routed_experts", md.n_routed_experts);
   c.n_shared_experts = r.integer("n_shared_experts", md.n_shared_experts);
   c.num_experts_per_tok = r.integer("num_experts_per_tok", md.num_experts_per_tok);
@@ -243,22 +234,20 @@ inline model_config parse_config(const std::string& text, const std::string& lab
   c.attention_bias = r.boolean("attention_bias", false);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   c.bos_token_id = r.integer("bos_token_id", v3 ? 0 : 1);
-  if (j.contains("bos_token_id") && j.at("bos_token_id").is_null()) c.bos_token_id = -1;
+  if (r.is_null("bos_token_id")) c.bos_token_id = -1;
   if (r.has("eos_token_id") && j.at("eos_token_id").is_array()) {
     for (const auto& e : j.at("eos_token_id")) {
       if (!e.is_number_integer()) r.bad("eos_token_id", "must be an integer or a list of integers");
       c.eos_token_ids.push_back(e.get<std::int64_t>());
     }
-  } else if (!(j.contains("eos_token_id") && j.at("eos_token_id").is_null())) {
+  } else if (!r.is_null("eos_token_id")) {
     c.eos_token_ids.push_back(r.integer("eos_token_id", v3 ? 1 : 2));
   }
   c.num_nextn_predict_layers = r.integer("num_nextn_predict_layers", 0);
   c.torch_dtype = r.string("torch_dtype", "");
 
   if (r.has("rope_scaling")) {
-    const auto& rs = j.at("rope_scaling");
-    if (!rs.is_object()) r.bad("rope_scaling", "must be an object or null, got " + detail::json_excerpt(rs));
-    const json_fields rr(rs, "config: '" + label + "'", "rope_scaling.");
+    const json_fields rr = r.object("rope_scaling");
     // transformers writes "rope_type", older configs "type".
     std::string type = rr.has("rope_type") ? rr.string("rope_type", "") : rr.string("type", "");
     if (type.empty()) r.bad("rope_scaling.type", "is missing");
@@ -275,9 +264,7 @@ inline model_config parse_config(const std::string& text, const std::string& lab
   }
 
   if (r.has("quantization_config")) {
-    const auto& q = j.at("quantization_config");
-    if (!q.is_object()) r.bad("quantization_config", "must be an object");
-    const json_fields qr(q, "config: '" + label + "'", "quantization_config.");
+    const json_fields qr = r.object("quantization_config");
     auto& qc = c.quantization;
     qc.present = true;
     qc.quant_method = qr.string("quant_method", "");
@@ -286,14 +273,14 @@ inline model_config parse_config(const std::string& text, const std::string& lab
     qc.fmt = qr.string("fmt", "e4m3");
     if (qc.fmt != "e4m3") r.bad("quantization_config.fmt", "is '" + qc.fmt + "'; only 'e4m3' is supported");
     qc.activation_scheme = qr.string("activation_scheme", "dynamic");
-    if (q.contains("weight_block_size") && !q.at("weight_block_size").is_null()) {
-      const auto& b = q.at("weight_block_size");
+    if (qr.has("weight_block_size")) {
+      const auto& b = qr.at("weight_block_size");
       if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_integer())
-        r.bad("quantization_config.weight_block_size", "must be two integers, got " + detail::json_excerpt(b));
+        r.bad("quantization_config.weight_block_size", "must be two integers, got " + json_excerpt(b));
       qc.block_rows = static_cast<index_t>(b[0].get<std::int64_t>());
       qc.block_cols = static_cast<index_t>(b[1].get<std::int64_t>());
       if (qc.block_rows <= 0 || qc.block_cols <= 0)
-        r.bad("quantization_config.weight_block_size", "must be positive, got " + detail::json_excerpt(b));
+        r.bad("quantization_config.weight_block_size", "must be positive, got " + json_excerpt(b));
     }
     if (qr.has("scale_fmt")) qc.scale_fmt = qr.string("scale_fmt", "");
   }

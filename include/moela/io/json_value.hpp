@@ -37,6 +37,12 @@ inline std::optional<index_t> json_index(const nlohmann::json& v) {
   return std::nullopt;
 }
 
+/// `v` as JSON text for an error message, cut to 60 characters.
+inline std::string json_excerpt(const nlohmann::json& v) {
+  std::string s = v.dump();
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+
 /// Typed reads of the fields of one JSON object (see the file comment). `what` begins every
 /// error message ("config: 'model/config.json'"); `path` is put before the field names of a
 /// nested object ("rope_scaling."). Holds a reference to the object: use it while that lives.
@@ -47,6 +53,9 @@ class json_fields {
 
   /// Whether the field is present and not null.
   bool has(const char* k) const { return j_.is_object() && j_.contains(k) && !j_.at(k).is_null(); }
+  /// Whether the field is present and null (where Hugging Face gives null a meaning of its own,
+  /// e.g. `q_lora_rank: null`, no query compression).
+  bool is_null(const char* k) const { return j_.is_object() && j_.contains(k) && j_.at(k).is_null(); }
   /// The field's JSON value (has(k) must hold).
   const nlohmann::json& at(const char* k) const { return j_.at(k); }
   /// Throws "<what> field '<field>' <why...>" (`field` as given: the caller's full name).
@@ -59,7 +68,7 @@ class json_fields {
   index_t integer(const char* k, index_t dflt) const {
     if (!has(k)) return dflt;
     if (const auto i = json_index(j_.at(k))) return *i;
-    bad(path_ + k, "must be an integer, got ", j_.at(k).dump());
+    bad(path_ + k, "must be an integer, got ", json_excerpt(j_.at(k)));
   }
   /// An integer field whose default `dflt` may be 0 for "none": then the field must be given
   /// ("<what> has no '<name>'").
@@ -70,19 +79,25 @@ class json_fields {
   /// A number field (integer or float); `dflt` when absent or null.
   double number(const char* k, double dflt) const {
     if (!has(k)) return dflt;
-    if (!j_.at(k).is_number()) bad(path_ + k, "must be a number, got ", j_.at(k).dump());
+    if (!j_.at(k).is_number()) bad(path_ + k, "must be a number, got ", json_excerpt(j_.at(k)));
     return j_.at(k).get<double>();
   }
   /// A boolean field; `dflt` when absent or null.
   bool boolean(const char* k, bool dflt) const {
     if (!has(k)) return dflt;
-    if (!j_.at(k).is_boolean()) bad(path_ + k, "must be true or false, got ", j_.at(k).dump());
+    if (!j_.at(k).is_boolean()) bad(path_ + k, "must be true or false, got ", json_excerpt(j_.at(k)));
     return j_.at(k).get<bool>();
+  }
+  /// The fields of a nested object (has(k) must hold), their names prefixed "<path><k>.";
+  /// "<what> field '<name>' must be an object, got ..." when it is not one.
+  json_fields object(const char* k) const {
+    if (!j_.at(k).is_object()) bad(path_ + k, "must be an object or null, got ", json_excerpt(j_.at(k)));
+    return json_fields(j_.at(k), what_, path_ + k + ".");
   }
   /// A string field; `dflt` when absent or null.
   std::string string(const char* k, const std::string& dflt) const {
     if (!has(k)) return dflt;
-    if (!j_.at(k).is_string()) bad(path_ + k, "must be a string, got ", j_.at(k).dump());
+    if (!j_.at(k).is_string()) bad(path_ + k, "must be a string, got ", json_excerpt(j_.at(k)));
     return j_.at(k).get<std::string>();
   }
 

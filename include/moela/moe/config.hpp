@@ -185,7 +185,7 @@ inline moe_config moe_config::from_hf_json(const nlohmann::json& j) {
   const std::string model_type = f.string("model_type", "");
   const auto d = hf_moe_defaults_for(model_type);
   if (!d) f.bad("model_type", "is '", model_type, "' (expected deepseek_v2 or deepseek_v3)");
-  if (j.contains("n_routed_experts") && j["n_routed_experts"].is_null())
+  if (f.is_null("n_routed_experts"))
     f.bad("n_routed_experts", "is null (a model without MoE layers)");
   moe_config c;
   // Sizes whose default is 0 (no default table: model_type absent) must be given.
