@@ -698,9 +698,9 @@ void qgemm_a8(float* y, index_t ldy, [[maybe_unused]] const std::int8_t* xq, [[m
 }
 
 /// Most activation rows `qgemv_bf16` takes; more go to the fast mode's packed GEMM on the rounded
-/// rows. Measured (2 threads, Zen 4, int4_group<32>, N = 1408, K = 2048, weights in L3): the
-/// blocked GEMV at 175-235 GFLOP/s for every M >= 4, the fast GEMM 53-93 at M = 4-8, 150 at 48,
-/// 170-180 at 128-256, 180-210 at 512.
+/// rows. Measured (2 threads, Zen 4, int4_group<32>, N = 1408, K = 2048), the blocked GEMV over
+/// the fast GEMM in the same run: 2.5-3.5x at M = 4-8, 1.4-1.7x at 32-48, 1.1-1.25x at 128-256,
+/// 0.93-0.96x at 512 (docs/performance.md, fifteenth pass).
 inline constexpr index_t bf16_gemv_max_rows = 256;
 
 /// Whether `qgemv_bf16` has a kernel for format F, m rows, on Arch: int4_group weights, m <=
