@@ -141,9 +141,11 @@ void matmul_bf16_rows(tensor_view<float, 2> y, const moela::bf16* xb, index_t ld
                 "matmul: mode::bf16_activations needs a bf16, fp8_block or int4_group weight (codes exact in bf16)");
   if (m == 0) return;
   const index_t ldy = m > 1 ? y.stride(0) : w.rows();
-  if (bf16_gemv_runs<Arch, Format>(m)) {
-    qgemv_bf16<Arch>(y.data(), ldy, xb, ldx, m, w);
-    return;
+  if constexpr (Format::packed4) {
+    if (bf16_gemv_runs<Arch, Format>(m)) {
+      qgemv_bf16<Arch>(y.data(), ldy, xb, ldx, m, w);
+      return;
+    }
   }
 #ifdef MOELA_AVX512_GEMM_BF16
   if constexpr (use_avx512_bf16<Arch> && bf16_gemm_format<Format>)

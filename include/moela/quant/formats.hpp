@@ -97,8 +97,8 @@ struct int8_activations {};
 /// backend/cpu/x86/gemm_bf16_avx512.hpp (2x the MACs of an fp32 FMA per instruction), int4
 /// weights with M <= 256 the `vdpbf16ps` GEMV of backend/cpu/x86/gemv_bf16_avx512.hpp (about
 /// half the instructions per weight byte of the fp32 decode, so decode streams int4 weights at
-/// memory speed; over 4 rows in blocks of 4, each weight row read once); there bf16 subnormal activations (below 2^-126) count as zero, as the instruction
-/// reads them. Otherwise the fast mode multiplies the rounded activations. These are the
+/// memory speed; over 4 rows in blocks of 4, each weight row read once); there bf16 subnormal
+/// activations (below 2^-126) count as zero, as the instruction reads them. Otherwise the fast mode multiplies the rounded activations. These are the
 /// numerics of a BF16 checkpoint run in bf16 (PyTorch `Linear` on bf16 tensors accumulates in
 /// fp32 the same way). Cost in accuracy: each fp32 activation moves by at most 2^-9 of its
 /// magnitude. bf16 activations with a bf16 or FP8 weight take the GEMM in the fast mode too
